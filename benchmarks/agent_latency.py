@@ -1,0 +1,166 @@
+"""End-to-end latency and real-time capacity of the agent with the CTranslate2 int8 backend.
+
+For N = each value of --streams, a real mosquitto is started on a free loopback port, the real CLI
+(`edge-ser run`) serves N real-time file streams of continuous speech (the bundled example, looped), and a
+subscriber in this process records when each state message arrives. Latency of a state = arrival wall time -
+(the stream's start wall time + ``window_end``), i.e. from the moment the last sample of the latest scored
+window was available to the moment its message reached a subscriber through the broker. The first
+--warmup seconds are discarded. Capacity = the largest N whose p99 stays within one hop.
+
+It also prints the encoder-only capacity (CTranslate2 int8, batches of 8 two-second windows, log-mel
+included and excluded), so the cost of everything around the encoder is visible.
+
+    python benchmarks/agent_latency.py --streams 1,16,32,48,64 --duration 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def encoder_capacity(reps: int = 20) -> dict[str, float]:
+    from edge_ser.audio import load_audio
+    from edge_ser.backends.ct2_backend import Ct2Engine
+    from edge_ser.features import log_mel
+
+    engine = Ct2Engine(ROOT / "models" / "default", compute_type="int8")
+    audio = load_audio(ROOT / "examples" / "emodb_shifts.opus")
+    windows = [audio[i * 16000 : i * 16000 + 32000] for i in range(8)]
+    mels = [log_mel(w) for w in windows]
+    engine.infer(mels)
+    enc, full = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        engine.infer(mels)
+        enc.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        engine.infer([log_mel(w) for w in windows])
+        full.append(time.perf_counter() - start)
+    return {"encoder_ms_per_batch8": statistics.median(enc) * 1000,
+            "encoder_windows_per_s": 8 / statistics.median(enc),
+            "with_logmel_windows_per_s": 8 / statistics.median(full)}
+
+
+def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[str, float]:
+    port = free_port()
+    conf = workdir / f"mosquitto-{n}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    f"max_queued_messages 100000\nuser {os.environ.get('USER', 'root')}\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    arrivals: list[tuple[float, dict]] = []
+    lock = threading.Lock()
+
+    def on_message(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        with lock:
+            arrivals.append((now, json.loads(msg.payload)))
+
+    sub = paho.Client(CallbackAPIVersion.VERSION2)
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("bench/+/+/state", qos=1)
+    sub.subscribe("bench/+/+/status", qos=1)
+    sub.loop_start()
+    config = {
+        "device_id": "bench",
+        "vad": {"end_hangover_ms": 1000},
+        "batching": {"max_batch": 64, "max_wait_ms": 30},
+        "sources": [{"type": "file", "id": f"s{i}", "path": str(ROOT / "examples" / "emodb_shifts.opus"),
+                     "realtime": True, "loop": True} for i in range(n)],
+        "publisher": {"type": "mqtt", "host": "127.0.0.1", "port": port, "prefix": "bench",
+                      "spool": {"path": str(workdir / f"spool-{n}.sqlite3")}},
+        "stats": {"interval_s": 5},
+    }
+    cfg_path = workdir / f"agent-{n}.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
+                              str(cfg_path)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rss_peak = 0
+    deadline = time.time() + duration + 15  # model load + warm-up
+    while time.time() < deadline and agent.poll() is None:
+        time.sleep(1.0)
+        try:
+            status = Path(f"/proc/{agent.pid}/status").read_text()
+            rss_peak = max(rss_peak, int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]))
+        except (OSError, StopIteration):
+            pass
+    agent.terminate()
+    _, err = agent.communicate(timeout=30)
+    sub.loop_stop()
+    sub.disconnect()
+    broker.terminate()
+    broker.wait()
+    starts: dict[str, float] = {}
+    latencies: list[float] = []
+    with lock:
+        for _, p in arrivals:
+            if p["type"] == "stream_status" and p["status"] == "online":
+                starts[p["stream_id"]] = datetime.fromisoformat(p["ts"].replace("Z", "+00:00")).timestamp()
+        for now, p in arrivals:
+            measurable = p["type"] == "state" and p["window_end"] is not None and p["stream_id"] in starts
+            if measurable and p["window_end"] >= warmup:
+                latencies.append(now - (starts[p["stream_id"]] + p["window_end"]))
+    if not latencies:
+        raise RuntimeError(f"no states measured for {n} streams; agent stderr:\n{err.decode()[-2000:]}")
+    lat = np.array(latencies)
+    return {"streams": n, "states": len(lat), "p50_ms": float(np.percentile(lat, 50) * 1000),
+            "p99_ms": float(np.percentile(lat, 99) * 1000), "rss_peak_mb": rss_peak / 1024}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", default="1,16,32,48,64", help="comma-separated stream counts to try")
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds each run lasts")
+    parser.add_argument("--warmup", type=float, default=8.0, help="stream seconds discarded at the start")
+    parser.add_argument("--hop", type=float, default=1.0, help="window hop: the p99 budget for capacity")
+    args = parser.parse_args()
+    if shutil.which("mosquitto") is None:
+        print("mosquitto is needed (apt-get install mosquitto)", file=sys.stderr)
+        return 2
+    print(f"machine: {os.cpu_count()} CPUs; model models/default; backend ctranslate2 int8")
+    cap = encoder_capacity()
+    print(f"encoder only: {cap['encoder_ms_per_batch8']:.1f} ms per batch of 8 x 2 s windows = "
+          f"{cap['encoder_windows_per_s']:.0f} windows/s ({cap['with_logmel_windows_per_s']:.0f}/s with log-mel)"
+          f" -> at most ~{cap['with_logmel_windows_per_s']:.0f} real-time streams at 1 s hop")
+    best = 0
+    print("| streams | states measured | p50 ms | p99 ms | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(x) for x in args.streams.split(",")):
+            r = run_streams(n, args.duration, args.warmup, Path(tmp))
+            print(f"| {n} | {r['states']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['rss_peak_mb']:.0f} |",
+                  flush=True)
+            if r["p99_ms"] <= args.hop * 1000:
+                best = max(best, n)
+    print(f"capacity: {best} concurrent real-time streams with p99 <= {args.hop * 1000:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

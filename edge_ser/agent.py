@@ -1,0 +1,126 @@
+"""Run one agent process from an ``AgentConfig``: model, engine, publisher, sources, signals, watchdog.
+
+``run_agent`` returns the process exit code: 0 after SIGTERM/SIGINT or when every source is exhausted
+(after draining: windows in flight are scored and published, ``offline`` is published last).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from edge_ser import systemd
+from edge_ser.backends import Engine, make_engine
+from edge_ser.batching import DynamicBatcher
+from edge_ser.checkpoint import CheckpointError, read_meta
+from edge_ser.config import AgentConfig
+from edge_ser.features import FeatureParams
+from edge_ser.pipeline import Pipeline
+from edge_ser.publish import OutboundMessage, Publisher, make_publisher
+from edge_ser.sources import make_source
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_STUCK_S = 30.0
+
+
+class ModelMissingError(RuntimeError):
+    """No trained emotion model where the configuration points: the agent refuses to start."""
+
+
+def check_model(path: Path) -> None:
+    if not (path / "model.json").is_file():
+        raise ModelMissingError(
+            f"no trained emotion model at {path} (model.json missing). The agent never runs a random or "
+            "placeholder head: train one with `edge-ser-train` (docs/training.md) or set model.path / "
+            "$EDGE_SER_MODEL to a checkpoint folder."
+        )
+    try:
+        read_meta(path)
+    except CheckpointError as exc:
+        raise ModelMissingError(str(exc)) from exc
+
+
+def build_engine(config: AgentConfig) -> Engine:
+    model_dir = config.model.resolved_path()
+    check_model(model_dir)
+    engine = make_engine(config.engine, model_dir, config.model.base_dir)
+    engine.warmup((config.windows.window_s, config.windows.min_window_s))
+    return engine
+
+
+async def _stats_loop(pipeline: Pipeline, publisher: Publisher, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        payload = {"schema_version": 1, "type": "stats", "device_id": pipeline.device_id,
+                   "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **pipeline.stats()}
+        publisher.publish(OutboundMessage(kind="stats", stream_id=None, payload=payload, retain=False, qos=0))
+
+
+async def _watchdog_loop(batcher: DynamicBatcher, interval: float) -> None:
+    """Ping systemd only while the loop runs and inference is not stuck with work waiting."""
+    while True:
+        await asyncio.sleep(interval)
+        if batcher.stuck(WATCHDOG_STUCK_S):
+            log.error("inference made no progress for %.0f s with windows waiting: watchdog not fed",
+                      WATCHDOG_STUCK_S)
+            continue
+        systemd.notify("WATCHDOG=1")
+
+
+async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher: Publisher | None = None,
+                    stop: asyncio.Event | None = None) -> int:
+    """Run until a signal (or ``stop``) or until every source is exhausted; ``engine`` and ``publisher``
+    default to the ones the configuration describes."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if engine is None:
+        systemd.notify("STATUS=loading model")
+        engine = await asyncio.to_thread(build_engine, config)
+    publisher = publisher or make_publisher(config.publisher, config.device_id)
+    await publisher.start()
+    batcher = DynamicBatcher(engine, config.batching, FeatureParams(**engine.meta.features))
+    batcher.start()
+    pipeline = Pipeline(
+        device_id=config.device_id, model_id=engine.model_id, labels=engine.labels, run_id=uuid.uuid4().hex[:8],
+        batcher=batcher, publisher=publisher, vad_config=config.vad, window_config=config.windows,
+        smoother_config=config.smoothing,
+    )
+    sources = [asyncio.create_task(make_source(s).run(pipeline), name=f"source-{i}")
+               for i, s in enumerate(config.sources)]
+    helpers = [asyncio.create_task(_stats_loop(pipeline, publisher, config.stats.interval_s))]
+    if (interval := systemd.watchdog_interval()) is not None:
+        helpers.append(asyncio.create_task(_watchdog_loop(batcher, interval)))
+    systemd.notify("READY=1")
+    systemd.notify(f"STATUS=running {len(sources)} source(s), model {engine.model_id}")
+    log.info("agent %s running: %d source(s), model %s", config.device_id, len(sources), engine.model_id)
+
+    all_sources = asyncio.gather(*sources, return_exceptions=True)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([all_sources, stopper], return_when=asyncio.FIRST_COMPLETED)
+    systemd.notify("STOPPING=1")
+    log.info("stopping: %s", "signal" if stop.is_set() else "all sources finished")
+    for task in sources:
+        task.cancel()
+    for result in await all_sources:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("a source failed: %r", result)
+    stopper.cancel()
+    try:
+        await asyncio.wait_for(pipeline.close(), config.shutdown_timeout_s)
+    except TimeoutError:
+        log.warning("streams did not drain within %.1f s", config.shutdown_timeout_s)
+        await pipeline.cancel()
+    await batcher.close()
+    for task in helpers:
+        task.cancel()
+    await publisher.close(config.shutdown_timeout_s)
+    return 0

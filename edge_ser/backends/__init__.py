@@ -1,0 +1,50 @@
+"""Inference backends behind one ``Engine`` interface, chosen by ``engine.type`` and imported lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_ser.backends.base import Engine, FrameScores, softmax
+
+
+class Ct2EngineConfig(BaseModel):
+    """CTranslate2: the exported encoder (int8 on a CPU is the fast default) + the head in numpy."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["ctranslate2"] = Field("ctranslate2", description="Backend key.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where the encoder runs.")
+    compute_type: Literal["int8", "int8_float32", "int8_float16", "float16", "float32"] = Field(
+        "int8", description="CTranslate2 compute type; float16/int8_float16 need CUDA."
+    )
+    intra_threads: int = Field(0, ge=0, le=256, description="Threads per inference (0: CTranslate2 decides).")
+
+
+class TorchEngineConfig(BaseModel):
+    """PyTorch reference backend (needs the [torch] extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["torch"] = Field("torch", description="Backend key.")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device: cpu, cuda or cuda:N.")
+    threads: int = Field(0, ge=0, le=256, description="torch.set_num_threads (0: leave torch's default).")
+
+
+EngineConfig = Annotated[Ct2EngineConfig | TorchEngineConfig, Field(discriminator="type")]
+
+
+def make_engine(config: Ct2EngineConfig | TorchEngineConfig, model_dir: str | Path,
+                base_dir: str | Path | None = None) -> Engine:
+    """Build the configured backend; its module (and native library) is imported only now."""
+    if isinstance(config, Ct2EngineConfig):
+        from edge_ser.backends.ct2_backend import Ct2Engine
+
+        return Ct2Engine(model_dir, base_dir, device=config.device, compute_type=config.compute_type,
+                         intra_threads=config.intra_threads)
+    from edge_ser.backends.torch_backend import TorchEngine
+
+    return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None)
+
+
+__all__ = ["Ct2EngineConfig", "Engine", "EngineConfig", "FrameScores", "TorchEngineConfig", "make_engine", "softmax"]

@@ -1,0 +1,73 @@
+"""The one ``Engine`` interface every inference backend implements, and the pooling done outside it.
+
+An engine takes a batch of log-mel windows of any (even) length and returns, per window, the per-frame
+class logits (20 ms frames) and the per-frame pooling weights; turning them into clip probabilities or
+per-second scores happens here, outside the engine, identically for every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_ser.checkpoint import ModelMeta
+
+FRAMES_PER_SECOND = 50
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScores:
+    """One window's engine output: logits (frames, classes) and pooling weights (frames,) summing to 1."""
+
+    logits: np.ndarray
+    weights: np.ndarray
+
+    def clip_logits(self) -> np.ndarray:
+        return self.weights @ self.logits
+
+    def clip_probs(self) -> np.ndarray:
+        return softmax(self.clip_logits())
+
+    def per_second_logits(self) -> np.ndarray:
+        """Mean logits over each full or partial second (50 frames), shape (seconds, classes)."""
+        count = -(-len(self.logits) // FRAMES_PER_SECOND)
+        return np.stack(
+            [self.logits[i * FRAMES_PER_SECOND : (i + 1) * FRAMES_PER_SECOND].mean(axis=0) for i in range(count)]
+        )
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+class Engine(ABC):
+    """An emotion model ready to score log-mel windows. Not thread-safe: one caller at a time."""
+
+    meta: ModelMeta
+    labels: tuple[str, ...]
+    model_id: str
+
+    @abstractmethod
+    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+        """Score a batch of log-mel windows, each (n_mels, frames) with an even frame count <= 3000."""
+
+    def warmup(self, seconds: Sequence[float] = (2.0, 1.0)) -> None:
+        """Run the engine once per window length so the first real window is not slow."""
+        rng = np.random.default_rng(0)
+        self.infer([rng.standard_normal((80, int(s * 100) // 2 * 2)).astype(np.float32) for s in seconds])
+
+
+def group_by_length(mels: Sequence[np.ndarray]) -> dict[int, list[int]]:
+    """Indices of the windows grouped by frame count: Whisper's encoder has no padding mask, so only
+    windows of the same length can share a batch without changing each other's result."""
+    groups: dict[int, list[int]] = {}
+    for index, mel in enumerate(mels):
+        if mel.ndim != 2 or mel.shape[1] % 2 or not 2 <= mel.shape[1] <= 3000:
+            raise ValueError(f"window {index}: expected (n_mels, even frames <= 3000), got shape {mel.shape}")
+        groups.setdefault(mel.shape[1], []).append(index)
+    return groups

@@ -1,0 +1,57 @@
+"""The CTranslate2 backend: the exported (truncated, exact) Whisper encoder in CTranslate2 + the numpy head.
+
+Compute types: int8 / int8_float32 / float32 on the CPU, float16 / int8_float16 on CUDA. The export is
+built on first use from the checkpoint and cached by the checkpoint's hash (engines/ct2.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_ser.backends.base import Engine, FrameScores, group_by_length
+from edge_ser.backends.numpy_head import NumpyHead
+from edge_ser.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class Ct2Engine(Engine):
+    """Encoder in CTranslate2, head in numpy. ``intra_threads`` 0 lets CTranslate2 choose."""
+
+    def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, device: str = "cpu",
+                 compute_type: str = "int8", intra_threads: int = 0, export_dir: str | Path | None = None) -> None:
+        import ctranslate2
+
+        from engines.ct2 import ensure_ct2_export
+
+        meta, tensors = load_checkpoint(model_dir)
+        supported = ctranslate2.get_supported_compute_types(device)
+        if compute_type not in supported:
+            raise RuntimeError(
+                f"ctranslate2 backend: compute type {compute_type!r} is not supported on {device!r} "
+                f"(supported here: {sorted(supported)})"
+            )
+        folder = Path(export_dir) if export_dir else ensure_ct2_export(model_dir, base_dir)
+        self._ct2 = ctranslate2
+        self.whisper = ctranslate2.models.Whisper(
+            str(folder), device=device, compute_type=compute_type, intra_threads=intra_threads
+        )
+        self.head = NumpyHead(meta, tensors)
+        self.meta = meta
+        self.labels = tuple(meta.labels)
+        self.model_id = meta.model_id
+        log.info("ctranslate2 engine: model %s from %s, %s on %s", meta.model_id, folder, compute_type, device)
+
+    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+        results: dict[int, FrameScores] = {}
+        for indices in group_by_length(mels).values():
+            batch = np.ascontiguousarray(np.stack([mels[i] for i in indices]), dtype=np.float32)
+            encoded = self.whisper.encode(self._ct2.StorageView.from_array(batch), to_cpu=True)
+            features = np.asarray(encoded, dtype=np.float32)
+            for row, index in enumerate(indices):
+                results[index] = self.head(features[row])
+        return [results[i] for i in range(len(mels))]

@@ -1,0 +1,57 @@
+"""The reference backend: the trained model in PyTorch (CPU, or CUDA when asked and available)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_ser.backends.base import Engine, FrameScores, group_by_length
+
+log = logging.getLogger(__name__)
+
+
+class TorchEngine(Engine):
+    """Runs ``EmotionModel`` (truncated Whisper encoder + head) with torch.inference_mode."""
+
+    def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        try:
+            import torch
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                "the 'torch' backend needs PyTorch: pip install 'edge-ser[torch]' (torch==2.13.0), "
+                "or choose the 'ctranslate2' backend"
+            ) from exc
+        from edge_ser.model import load_emotion_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"torch backend: device {device!r} asked for, but CUDA is not available")
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model, self.meta = load_emotion_model(model_dir, base_dir)
+        self.model.to(self.device)
+        self.labels = tuple(self.meta.labels)
+        self.model_id = self.meta.model_id
+        log.info("torch engine: model %s, %d encoder layers, device %s", self.model_id,
+                 self.meta.encoder_layers, self.device)
+
+    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+        torch = self._torch
+        results: list[FrameScores | None] = [None] * len(mels)
+        with torch.inference_mode():
+            for indices in group_by_length(mels).values():
+                batch = torch.from_numpy(np.stack([mels[i] for i in indices])).to(self.device)
+                feats = self.model.features(batch)
+                valid = torch.ones(feats.shape[:2], dtype=torch.bool, device=self.device)
+                frame_logits, weights, _ = self.model.head.frame_outputs(feats, valid)
+                frame_logits = frame_logits - self.model.log_prior
+                for row, index in enumerate(indices):
+                    results[index] = FrameScores(
+                        logits=frame_logits[row].float().cpu().numpy(), weights=weights[row].float().cpu().numpy()
+                    )
+        return [r for r in results if r is not None]

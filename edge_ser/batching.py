@@ -1,0 +1,118 @@
+"""Dynamic batching: windows from all streams share one engine call, waiting at most ``max_wait_ms``.
+
+One worker task owns the engine; inference (log-mel + encoder + head) runs in a worker thread, so the
+event loop never blocks. Callers ``await submit(window)`` and get that window's ``FrameScores``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_ser.backends.base import Engine, FrameScores
+from edge_ser.features import FeatureParams, log_mel
+from edge_ser.types import Window
+
+log = logging.getLogger(__name__)
+
+
+class BatchingConfig(BaseModel):
+    """How windows from all streams are grouped into engine calls."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch: int = Field(16, ge=1, le=512, description="Most windows in one engine call.")
+    max_wait_ms: float = Field(20.0, ge=0, le=5000, description="Longest a window waits for others to join.")
+    max_pending: int = Field(1024, ge=1, description="Windows queued before submit() waits (backpressure).")
+
+
+@dataclass(slots=True)
+class BatchStats:
+    batches: int = 0
+    windows: int = 0
+    busy_s: float = 0.0
+    last_progress: float = 0.0  # monotonic time of the last finished batch
+
+
+class DynamicBatcher:
+    """Collects windows into batches and runs them on ``engine`` in a worker thread, one batch at a time."""
+
+    def __init__(self, engine: Engine, config: BatchingConfig, params: FeatureParams | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.config = config
+        self.params = params or FeatureParams()
+        self.clock = clock
+        self.stats = BatchStats(last_progress=clock())
+        self._queue: asyncio.Queue[tuple[Window, asyncio.Future[FrameScores]]] = asyncio.Queue(config.max_pending)
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="batcher")
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, window: Window) -> asyncio.Future[FrameScores]:
+        """Queue ``window``; returns a future resolved with its scores (awaits only when the queue is full)."""
+        future: asyncio.Future[FrameScores] = asyncio.get_running_loop().create_future()
+        await self._queue.put((window, future))
+        return future
+
+    def _infer(self, windows: list[Window]) -> list[FrameScores]:
+        mels = [log_mel(w.samples, self.params) for w in windows]
+        return self.engine.infer(mels)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while len(batch) < self.config.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0 and self._queue.empty():
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), max(timeout, 0)))
+                except TimeoutError:
+                    break
+            live = [(w, f) for w, f in batch if not f.cancelled()]
+            if not live:
+                continue
+            started = self.clock()
+            try:
+                scores = await asyncio.to_thread(self._infer, [w for w, _ in live])
+            except Exception as exc:  # one bad batch must not stop the agent; each caller gets the error
+                log.exception("inference failed for a batch of %d windows", len(live))
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            finished = self.clock()
+            self.stats.batches += 1
+            self.stats.windows += len(live)
+            self.stats.busy_s += finished - started
+            self.stats.last_progress = finished
+            for (_, future), score in zip(live, scores, strict=True):
+                if not future.done():
+                    future.set_result(score)
+
+    def stuck(self, limit_s: float) -> bool:
+        """True when windows wait but no batch finished for ``limit_s`` (the watchdog stops feeding)."""
+        return self.pending > 0 and self.clock() - self.stats.last_progress > limit_s
+
+    async def close(self) -> None:
+        """Finish the windows already queued, then stop the worker."""
+        while self._queue.qsize() and self._worker and not self._worker.done():
+            await asyncio.sleep(0.01)
+        if self._worker:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker

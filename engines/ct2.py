@@ -1,0 +1,118 @@
+"""Export a trained emotion model to a CTranslate2 Whisper folder whose ``encode`` is exactly the model's
+encoder: Whisper's layers truncated to the ones the model reads, fine-tuned layers replaced, and the final
+``encoder/layer_norm`` replaced by the model's trained norm (CTranslate2 returns the final layer's output
+after that norm, so a truncated model computes the intermediate layer the emotion head was trained on).
+
+The decoder is cut to one layer (CTranslate2's Whisper loader needs one; it is never run). The folder
+carries ``engine.json`` naming the checkpoint's weights hash, the base's hash and the format, so a stale
+export is rebuilt, never silently used.
+
+    python -m engines.ct2 --model models/default --out /tmp/ct2-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edge_ser.checkpoint import ModelMeta, load_checkpoint
+from edge_ser.ct2_format import LAYER_MAP, read_model, write_model
+from edge_ser.whisper_base import cache_root, resolve_base, sha256_file
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "edge-ser-ct2-export/1"
+_LAYER = re.compile(r"(encoder|decoder)/layer_(\d+)/")
+_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+def export_fingerprint(meta: ModelMeta, base_model_bin: Path) -> dict[str, str]:
+    """What an export was built from; any change means the export is stale."""
+    return {
+        "format": EXPORT_FORMAT,
+        "model_id": meta.model_id,
+        "weights_sha256": meta.weights_sha256,
+        "base_size": str(base_model_bin.stat().st_size),
+        "base_mtime_ns": str(base_model_bin.stat().st_mtime_ns),
+    }
+
+
+def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
+    """Write the CTranslate2 folder for the checkpoint in ``model_dir`` into ``out_dir``."""
+    meta, tensors = load_checkpoint(model_dir)
+    base = resolve_base(base_dir)
+    spec = read_model(base / "model.bin")
+    dtype = spec.variables["encoder/conv1/weight"].dtype
+    kept: dict[str, np.ndarray] = {}
+    for name, value in spec.variables.items():
+        match = _LAYER.match(name)
+        if match and match.group(1) == "encoder" and int(match.group(2)) >= meta.encoder_layers:
+            continue
+        if match and match.group(1) == "decoder" and int(match.group(2)) >= 1:
+            continue
+        kept[name] = value
+    for index in meta.finetuned_layers:
+        for torch_name, ct2_name in LAYER_MAP.items():
+            kept[f"encoder/layer_{index}/{ct2_name}"] = tensors[f"encoder.layers.{index}.{torch_name}"].astype(dtype)
+    # Keep the trained norm in float32: it is tiny, and float16 would cost precision for nothing.
+    kept["encoder/layer_norm/gamma"] = tensors["norm.weight"].astype(np.float32)
+    kept["encoder/layer_norm/beta"] = tensors["norm.bias"].astype(np.float32)
+    spec.variables = kept
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_model(spec, tmp / "model.bin")
+    for name in _SIDE_FILES:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, tmp / name)
+    fingerprint = export_fingerprint(meta, base / "model.bin")
+    (tmp / "engine.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("exported %s (%d encoder layers) to %s", meta.model_id, meta.encoder_layers, out)
+    return out
+
+
+def ensure_ct2_export(model_dir: str | Path, base_dir: str | Path | None = None) -> Path:
+    """The cached export for this checkpoint, rebuilt when missing or stale."""
+    meta, _ = load_checkpoint(model_dir)
+    base = resolve_base(base_dir)
+    out = cache_root() / "ct2" / f"{meta.model_id}-{meta.weights_sha256[:16]}"
+    wanted = export_fingerprint(meta, base / "model.bin")
+    engine_json = out / "engine.json"
+    if engine_json.is_file():
+        try:
+            found = json.loads(engine_json.read_text())
+        except json.JSONDecodeError:
+            found = None
+        if found == wanted and (out / "model.bin").is_file():
+            return out
+        log.warning("CTranslate2 export %s is stale or damaged (%s); rebuilding", out, engine_json)
+    return export_ct2(model_dir, out, base)
+
+
+def base_checksum(base_dir: str | Path | None = None) -> str:
+    """sha256 of the base ``model.bin`` (for model cards; slow on purpose-free paths, so not in the hot path)."""
+    return sha256_file(resolve_base(base_dir) / "model.bin")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder (model.json + model.safetensors)")
+    parser.add_argument("--out", required=True, help="output CTranslate2 folder (replaced if it exists)")
+    parser.add_argument("--base", default=None, help="CTranslate2 Whisper folder (default: packaged whisper-base)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(export_ct2(args.model, args.out, args.base))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Checkpoint folders: written and read without pickle, checksum enforced, damage named precisely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, read_meta, save_checkpoint
+from edge_ser.features import DEFAULT_PARAMS
+from edge_ser.types import EMOTIONS
+
+
+def _tensors(n_classes: int = 8, hidden: int = 16) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "norm.weight": np.ones(512, np.float32), "norm.bias": np.zeros(512, np.float32),
+        "head.fc1.weight": rng.standard_normal((hidden, 512)).astype(np.float32),
+        "head.fc1.bias": np.zeros(hidden, np.float32),
+        "head.fc2.weight": rng.standard_normal((n_classes, hidden)).astype(np.float32),
+        "head.fc2.bias": np.zeros(n_classes, np.float32),
+    }
+
+
+def _meta() -> ModelMeta:
+    return ModelMeta(model_id="unit", labels=list(EMOTIONS), encoder_layers=3,
+                     head={"type": "frame", "hidden": 16, "dropout": 0.0}, features=DEFAULT_PARAMS.to_dict())
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _meta(), _tensors())
+    meta, tensors = load_checkpoint(tmp_path)
+    assert meta.labels == list(EMOTIONS)
+    assert len(meta.weights_sha256) == 64
+    np.testing.assert_array_equal(tensors["head.fc1.weight"], _tensors()["head.fc1.weight"])
+
+
+def test_tampered_weights_fail_the_checksum(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _meta(), _tensors())
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 .* does not match"):
+        load_checkpoint(tmp_path)
+
+
+def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
+    tensors = _tensors()
+    del tensors["head.fc2.bias"]
+    with pytest.raises(CheckpointError, match=r"missing tensors \['head.fc2.bias'\]"):
+        save_checkpoint(tmp_path, _meta(), tensors)
+    with pytest.raises(CheckpointError, match="4 outputs for 8 labels"):
+        save_checkpoint(tmp_path, _meta(), _tensors(n_classes=4))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(format="other/9"), "format 'other/9'"),
+        (lambda d: d.update(encoder_layers=-1), "encoder_layers"),
+        (lambda d: d.update(surprise=1), r"unknown fields \['surprise'\]"),
+        (lambda d: d.update(finetuned_layers=[7]), r"finetuned_layers' \[7\]"),
+        (lambda d: d["head"].update(type="rnn"), "head.type"),
+    ],
+)
+def test_bad_metadata_is_refused(tmp_path: Path, edit, message: str) -> None:
+    save_checkpoint(tmp_path, _meta(), _tensors())
+    path = tmp_path / "model.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=message):
+        read_meta(tmp_path)
+
+
+def test_garbage_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_bytes(b"\x00\xff garbage")
+    with pytest.raises(CheckpointError, match=r"model\.json"):
+        read_meta(tmp_path)
+    with pytest.raises(CheckpointError, match="not an edge-ser model folder"):
+        read_meta(tmp_path / "nowhere")

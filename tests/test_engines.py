@@ -1,0 +1,86 @@
+"""Backends compute the same thing: CTranslate2 (float32, int8) against the PyTorch reference, with the
+shipped model on real clips of every corpus; stale exports are rebuilt; unsupported settings are refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_ser.audio import load_audio
+from edge_ser.features import log_mel
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MODEL = ROOT / "models" / "default"
+FOUR = ("neutral", "happy", "sad", "angry")
+pytestmark = pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="no trained model in models/default")
+
+
+def _real_windows(per_corpus: int = 6) -> list[np.ndarray]:
+    """2 s (or shorter) windows of real speech, a few per corpus and label, in a fixed order."""
+    manifest = DATA / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} not available")
+    rows = list(csv.DictReader(manifest.open()))
+    picked: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        group = picked.setdefault(row["corpus"], [])
+        same_label = sum(r["emotion"] == row["emotion"] for r in group)
+        if row["emotion"] in FOUR and len(group) < per_corpus and same_label < 2:
+            group.append(row)
+    mels = []
+    for row in (r for group in picked.values() for r in group):
+        audio = load_audio(DATA / row["path"])[:32_000]
+        mels.append(log_mel(audio[: len(audio) // 320 * 320]))
+    return mels
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    from edge_ser.backends.torch_backend import TorchEngine
+
+    mels = _real_windows()
+    engine = TorchEngine(MODEL)
+    return mels, [s.clip_probs() for s in engine.infer(mels)]
+
+
+@pytest.mark.parametrize(("compute_type", "max_diff", "min_agreement"), [("float32", 1e-4, 1.0), ("int8", 0.1, 0.9)])
+def test_ctranslate2_matches_torch(reference, compute_type: str, max_diff: float, min_agreement: float) -> None:
+    from edge_ser.backends.ct2_backend import Ct2Engine
+
+    mels, torch_probs = reference
+    probs = [s.clip_probs() for s in Ct2Engine(MODEL, compute_type=compute_type).infer(mels)]
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(probs, torch_probs, strict=True)]
+    kl = [float(np.sum(b * np.log((b + 1e-9) / (a + 1e-9)))) for a, b in zip(probs, torch_probs, strict=True)]
+    idx = [0, 1, 2, 3]  # the 4-class decision: argmax over neutral, happy, sad, angry
+    agree = np.mean([np.argmax(a[idx]) == np.argmax(b[idx]) for a, b in zip(probs, torch_probs, strict=True)])
+    print(f"{compute_type}: {len(mels)} windows, max |dp| {max(diffs):.2e}, mean KL {np.mean(kl):.2e}, "
+          f"4-class agreement {agree:.3f}")
+    assert max(diffs) < max_diff
+    assert agree >= min_agreement
+
+
+def test_a_stale_export_is_rebuilt_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.ct2 import ensure_ct2_export
+
+    monkeypatch.setenv("EDGE_SER_CACHE", str(tmp_path))  # a fresh cache: base reassembled, export built
+    first = ensure_ct2_export(MODEL)
+    assert first.is_relative_to(tmp_path)
+    engine_json = first / "engine.json"
+    fingerprint = json.loads(engine_json.read_text())
+    fingerprint["weights_sha256"] = "0" * 64  # pretend the export came from other weights
+    engine_json.write_text(json.dumps(fingerprint))
+    rebuilt = ensure_ct2_export(MODEL)
+    assert json.loads((rebuilt / "engine.json").read_text())["weights_sha256"] != "0" * 64
+
+
+def test_unsupported_compute_type_is_named() -> None:
+    from edge_ser.backends.ct2_backend import Ct2Engine
+
+    with pytest.raises(RuntimeError, match=r"compute type 'float16' is not supported on 'cpu'"):
+        Ct2Engine(MODEL, compute_type="float16")

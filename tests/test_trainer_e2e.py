@@ -1,0 +1,175 @@
+"""End to end on ~40 real clips: cache, train 1 epoch, checkpoint, evaluate CLI, resume, no-cache, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from edge_ser.checkpoint import load_checkpoint
+from trainer.config import load_config
+from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips
+from trainer.train import main as train_main
+from trainer.train import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FOUR = ("neutral", "happy", "sad", "angry")
+pytestmark = pytest.mark.slow
+
+
+def tiny_rows(per_corpus: int = 10) -> list[dict[str, str]]:
+    manifest = DATA / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} not available")
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen: list[dict[str, str]] = []
+    for corpus in ("casia", "emodb", "ravdess", "tess"):
+        pool = [r for r in rows if r["corpus"] == corpus and r["emotion"] in (*FOUR, "surprised")]
+        chosen += pool[:: max(len(pool) // per_corpus, 1)][:per_corpus]
+    return chosen
+
+
+def write_manifest(folder: Path, rows: list[dict[str, str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "data"
+    if not link.exists():
+        link.symlink_to(DATA)
+    path = folder / "manifest.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "path": row["path"] if row["path"].startswith("local/") else "data/" + row["path"]})
+    return path
+
+
+TINY = ["--set", "epochs=1", "--set", "views=2", "--set", "dev_fraction=0.3", "--set", "dev_min_speakers=2",
+        "--set", "batch_size=8", "--set", "threads=2"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("trainer")
+    manifest = write_manifest(root, tiny_rows())
+    cache = root / "cache"
+    out = root / "run"
+    code = train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(manifest),
+                       "--out", str(out), "--set", f"cache_dir={cache}",
+                       "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY])
+    assert code == 0
+    return {"root": root, "manifest": manifest, "cache": cache, "run": out}
+
+
+def test_run_folder_and_checkpoint(workspace: dict[str, Path]) -> None:
+    run = workspace["run"]
+    for name in ("config.yaml", "metrics.json", "metrics.csv", "loss.png", "domain.png", "dev.json",
+                 "state/state.json", "state/state.safetensors"):
+        assert (run / name).is_file(), name
+    meta, tensors = load_checkpoint(run / "model")
+    assert meta.labels == ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised", "other"]
+    assert meta.encoder_layers == 3 and meta.finetuned_layers == []
+    assert sorted(tensors) == ["head.fc1.bias", "head.fc1.weight", "head.fc2.bias", "head.fc2.weight",
+                               "norm.bias", "norm.weight"]
+    assert set(meta.training["corpora"]) <= {"casia", "emodb", "ravdess", "tess"}
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert len(history) == 1 and history[0]["domain_acc"] is not None
+    assert 0.0 <= history[0]["dev_ua"] <= 1.0
+
+
+def test_evaluate_cli_writes_eval_json_and_matches_the_cache(workspace: dict[str, Path]) -> None:
+    out = workspace["root"] / "eval" / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model", str(workspace["run"] / "model"),
+                           "--manifest", str(workspace["manifest"]), "--protocol", "4class", "--out", str(out),
+                           "--threads", "2"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result) == {"protocol", "model", "manifest", "corpora", "mean"}
+    assert set(result["corpora"]) == {"casia", "emodb", "ravdess", "tess"}
+    for corpus, entry in result["corpora"].items():
+        assert set(entry) == {"n", "ua", "macro_f1", "wa", "ece", "confusion", "labels"}
+        assert entry["labels"] == list(FOUR)
+        assert np.asarray(entry["confusion"]).sum() == entry["n"]
+        assert (out.parent / f"results.{corpus}.png").is_file()
+    assert set(result["mean"]) == {"ua", "macro_f1", "wa"}
+    # the cached path used by LOCO gives the same clip logits as decoding the audio
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", [f"cache_dir={workspace['cache']}", "views=2",
+                                                                f"labels={ROOT / 'configs' / 'labels.yaml'}"])
+    data = prepare(config, workspace["manifest"])
+    model, _ = build_model_from_checkpoint(workspace["run"] / "model")
+    some = list(range(0, len(data.manifest), 7))
+    cached = predict_cached(model, data.cache.views[0], some, 3)
+    decoded, problems = predict_clips(model, [data.manifest.clips[i] for i in some])
+    assert not problems
+    assert np.allclose(cached, decoded, atol=0.05)
+
+
+def test_resume_continues_the_history(workspace: dict[str, Path]) -> None:
+    out = workspace["run"]
+    code = train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(out), "--set", f"cache_dir={workspace['cache']}", "--resume",
+                       "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY, "--set", "epochs=2",
+                       "--set", "ema_decay=0.9"])
+    assert code == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    state = load_file(str(out / "state" / "state.safetensors"))
+    assert any(name.startswith("ema.model.head.") for name in state)
+    assert any(name.startswith("optim.") for name in state)
+    assert json.loads((out / "state" / "state.json").read_text())["ema_steps"] > 0
+
+
+def test_undecodable_audio_fails_with_its_line_unless_skipped(workspace: dict[str, Path]) -> None:
+    folder = workspace["root"] / "bad"
+    (folder / "local").mkdir(parents=True)
+    (folder / "local" / "broken.opus").write_bytes(b"OggS not really audio" * 10)
+    rows = tiny_rows(3)
+    rows.insert(2, {**rows[0], "path": "local/broken.opus", "speaker": "x_1"})
+    manifest = write_manifest(folder, rows)
+    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(manifest), "--out",
+            str(folder / "run"), "--set", f"cache_dir={workspace['cache']}",
+            "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY, "--set", "views=1"]
+    assert train_main(args) == 2
+    assert not (folder / "run" / "model").exists()
+    assert train_main([*args, "--skip-bad"]) == 0
+    meta, _ = load_checkpoint(folder / "run" / "model")
+    assert meta.training["train_clips"] + meta.training["dev_clips"] == len(rows) - 1
+
+
+def test_no_cache_training_runs_end_to_end(workspace: dict[str, Path]) -> None:
+    manifest = write_manifest(workspace["root"] / "small", tiny_rows(3))
+    out = workspace["root"] / "nocache"
+    code = train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(manifest),
+                       "--out", str(out), "--no-cache", "--set", "workers=0",
+                       "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY])
+    assert code == 0
+    meta, _ = load_checkpoint(out / "model")
+    assert meta.training["config"]["cache"] is False
+
+
+def test_ddp_two_gloo_processes(workspace: dict[str, Path]) -> None:
+    out = workspace["root"] / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed next to the interpreter")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "trainer.train",
+                           "--config", "configs/train-cpu.yaml", "--manifest", str(workspace["manifest"]),
+                           "--out", str(out), "--set", f"cache_dir={workspace['cache']}", *TINY,
+                           "--set", "threads=1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    load_checkpoint(out / "model")
+    # both ranks trained and report the same all-reduced epoch loss
+    losses = re.findall(r"epoch 0: train loss ([0-9.]+)", proc.stderr)
+    assert len(losses) == 2 and losses[0] == losses[1]

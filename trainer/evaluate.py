@@ -1,0 +1,187 @@
+"""``edge-ser-eval``: score a trained model on any manifest and write EVAL.md's JSON + confusion PNGs.
+
+    edge-ser-eval --model models/default --manifest ../shared/data/manifest.csv --protocol 4class \\
+        --out results.json [--calm-as-neutral] [--skip-bad]
+
+The model runs on the CPU (or ``--device cuda``) with the PyTorch ``EmotionModel`` rebuilt from the
+checkpoint folder. Nothing about corpus names or languages is assumed: corpora come from the manifest.
+``predict_cached`` gives the same clip logits from the trainer's frozen-layer cache (LOCO, dev checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge_ser.audio import AudioError
+from edge_ser.checkpoint import ModelMeta
+from edge_ser.model import EmotionModel, load_emotion_model
+from edge_ser.types import SAMPLE_RATE
+from trainer.cache import CachedView, pad_mels, prepare_mel, valid_mask
+from trainer.data import Clip, ManifestError, Problem, load_manifest, read_clip
+from trainer.metrics import PROTOCOLS, mean_over_corpora, score
+from trainer.plots import plot_confusion, safe_name
+
+log = logging.getLogger(__name__)
+
+
+def build_model_from_checkpoint(folder: str | Path, base_dir: str | Path | None = None
+                                ) -> tuple[EmotionModel, ModelMeta]:
+    """The trained ``EmotionModel`` (eval mode) and its metadata; see ``edge_ser.model.load_emotion_model``."""
+    return load_emotion_model(folder, base_dir)
+
+
+def _length_batches(lengths: Sequence[int], batch_frames: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * max(lengths[i], 1) > batch_frames:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.no_grad()
+def predict_cached(model: EmotionModel, view: CachedView, indices: Sequence[int], start_layer: int,
+                   batch_frames: int = 8192, device: str | torch.device = "cpu") -> np.ndarray:
+    """Clip logits (N, C), prior-corrected, for cached states entering ``start_layer``."""
+    model.eval()
+    lengths = [int(view.length[i]) for i in indices]
+    out = np.zeros((len(indices), model.head.config.n_classes), dtype=np.float32)
+    for batch in _length_batches(lengths, batch_frames):
+        longest = max(lengths[b] for b in batch)
+        states = np.zeros((len(batch), longest, view.states.shape[1]), dtype=np.float32)
+        for row, b in enumerate(batch):
+            states[row, : lengths[b]] = view.get(indices[b])
+        frames = torch.tensor([lengths[b] for b in batch], device=device)
+        valid = valid_mask(frames, longest)
+        x = torch.from_numpy(states).to(device)
+        feats = model.features(x, start_layer=start_layer, hidden=x, key_padding=~valid)
+        _, clip_logits = model.head(feats, valid)
+        out[batch] = (clip_logits - model.log_prior).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def predict_mels(model: EmotionModel, mels: Sequence[np.ndarray], batch_frames: int = 8192,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """Clip logits (N, C), prior-corrected, for log-mels of any even lengths (zero-padded, masked)."""
+    model.eval()
+    out = np.zeros((len(mels), model.head.config.n_classes), dtype=np.float32)
+    for batch in _length_batches([m.shape[1] // 2 for m in mels], batch_frames):
+        x, frames = pad_mels([mels[b] for b in batch])
+        x, frames = x.to(device), frames.to(device)
+        valid = valid_mask(frames, x.shape[-1] // 2)
+        hidden = model.encoder.embed(x)
+        feats = model.norm(model.encoder.run_layers(hidden, 0, key_padding=~valid))
+        _, clip_logits = model.head(feats, valid)
+        out[batch] = (clip_logits - model.log_prior).float().cpu().numpy()
+    return out
+
+
+def predict_clips(model: EmotionModel, clips: Sequence[Clip], max_clip_s: float = 30.0, chunk: int = 256,
+                  batch_frames: int = 8192, device: str | torch.device = "cpu"
+                  ) -> tuple[np.ndarray, list[Problem]]:
+    """Clip logits for decodable clips (rows of bad clips are NaN) and the problems met while decoding."""
+    logits = np.full((len(clips), model.head.config.n_classes), np.nan, dtype=np.float32)
+    problems: list[Problem] = []
+    max_samples = int(max_clip_s * SAMPLE_RATE)
+    with tqdm(total=len(clips), desc="eval", unit="clip", mininterval=10) as bar:
+        for first in range(0, len(clips), chunk):
+            ok: list[int] = []
+            mels: list[np.ndarray] = []
+            for i in range(first, min(first + chunk, len(clips))):
+                try:
+                    mels.append(prepare_mel(read_clip(clips[i]), None, None, max_samples))
+                    ok.append(i)
+                except (AudioError, ValueError) as exc:
+                    problems.append(Problem(clips[i].line, f"{clips[i].path}: {exc}"))
+            if mels:
+                logits[ok] = predict_mels(model, mels, batch_frames, device)
+            bar.update(min(chunk, len(clips) - first))
+    return logits, problems
+
+
+def report(logits: np.ndarray, clips: Sequence[Clip], classes: Sequence[str], protocol: str,
+           calm_as_neutral: bool, model_name: str, manifest_name: str) -> dict[str, Any]:
+    """EVAL.md's JSON object for clip logits (rows with NaN are ignored)."""
+    keep = ~np.isnan(logits).any(axis=1)
+    kept = [c for c, k in zip(clips, keep, strict=True) if k]
+    corpora = score(logits[keep], [c.emotion for c in kept], [c.corpus for c in kept], classes, protocol,
+                    calm_as_neutral)
+    return {"protocol": protocol, "model": model_name, "manifest": manifest_name, "corpora": corpora,
+            "mean": mean_over_corpora(corpora)}
+
+
+def write_report(result: dict[str, Any], out: str | Path) -> list[Path]:
+    """Write the JSON and one confusion PNG per corpus (``<out stem>.<corpus>.png`` next to it)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    written = [out]
+    for corpus, entry in result["corpora"].items():
+        title = f"{corpus} ({result['protocol']}): UA {entry['ua']:.3f}, n {entry['n']}"
+        png = out.with_name(f"{out.stem}.{safe_name(corpus)}.png")
+        written.append(plot_confusion(entry["confusion"], entry["labels"], title, png))
+    return written
+
+
+def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "4class",
+             calm_as_neutral: bool = False, skip_bad: bool = False, device: str = "cpu",
+             max_clip_s: float = 30.0, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Load the model, score every clip of the manifest, and return EVAL.md's JSON object."""
+    manifest = load_manifest(manifest_path, skip_bad=skip_bad)
+    model, meta = build_model_from_checkpoint(model_dir, base_dir)
+    model.to(device)
+    logits, problems = predict_clips(model, manifest.clips, max_clip_s=max_clip_s, device=device)
+    if problems and not skip_bad:
+        raise ManifestError(Path(manifest_path), problems, hint=" (undecodable audio; pass --skip-bad)")
+    if problems:
+        log.warning("skipped %d undecodable clips", len(problems))
+    return report(logits, manifest.clips, meta.labels, protocol, calm_as_neutral, str(model_dir),
+                  str(manifest_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-ser-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder (model.json + model.safetensors)")
+    parser.add_argument("--manifest", required=True, help="manifest CSV in the EVAL.md format")
+    parser.add_argument("--protocol", default="4class", choices=sorted(PROTOCOLS))
+    parser.add_argument("--calm-as-neutral", action="store_true", help="score 'calm' clips as neutral")
+    parser.add_argument("--out", required=True, help="results JSON path (confusion PNGs go next to it)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad rows and undecodable clips")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--max-clip-s", type=float, default=30.0, help="centre-crop longer clips (<= 30 s)")
+    parser.add_argument("--base-dir", default=None, help="CTranslate2 whisper-base folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = evaluate(args.model, args.manifest, args.protocol, args.calm_as_neutral, args.skip_bad,
+                          args.device, args.max_clip_s, args.base_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    write_report(result, args.out)
+    mean = result["mean"]
+    log.info("%s mean over %d corpora: UA %.4f, macro-F1 %.4f, WA %.4f -> %s", args.protocol,
+             len(result["corpora"]), mean["ua"], mean["macro_f1"], mean["wa"], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

