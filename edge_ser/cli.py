@@ -49,6 +49,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     engine = build_engine(config)
     recorder = RecordingPublisher(echo=None if args.json else sys.stdout)
     asyncio.run(run_agent(config, engine=engine, publisher=recorder))
+    failed = [p for p in recorder.payloads("stream_status") if p["status"] == "error"]
+    for status in failed:
+        print(f"edge-ser replay: {audio}: {status.get('detail') or 'stream failed'}", file=sys.stderr)
     if args.json:
         for msg in recorder.messages:
             print(json.dumps({"kind": msg.kind, "payload": msg.payload}))
@@ -61,7 +64,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out = plot_timeline(recorder.payloads("state"), recorder.payloads("event"), args.plot, truth=truth,
                             segments=recorder.payloads("segment"), title=f"{audio.name} ({engine.model_id})")
         print(f"timeline written to {out}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 def _raw_yaml(path: str) -> dict:
@@ -81,13 +84,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
+    from edge_ser.sources.base import SourceError
     from edge_ser.sources.mic import list_devices
 
-    devices = list_devices()
+    try:
+        devices = [d for d in list_devices() if d["max_input_channels"] > 0]
+    except SourceError as exc:
+        print(f"edge-ser devices: {exc}", file=sys.stderr)
+        return 1
     if not devices:
-        print("no audio input devices found")
+        print("no audio input devices found (PortAudio lists none with input channels)")
     for dev in devices:
-        print(json.dumps(dev))
+        print(f"#{dev['index']:<3} {dev['name']!r}  {dev['max_input_channels']} ch  "
+              f"{dev['default_samplerate']:g} Hz{'  (default)' if dev.get('is_default_input') else ''}")
     return 0
 
 
@@ -111,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate-config", help="check a configuration file")
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
-    devices = sub.add_parser("devices", help="list audio input devices")
+    devices = sub.add_parser("devices", help="list audio input devices (use the index or a name part as mic.device)")
     devices.set_defaults(func=cmd_devices)
     return parser
 

@@ -135,3 +135,24 @@ def test_broker_restarted_mid_replay_loses_nothing_and_keeps_order(tmp_path: Pat
     print(f"produced {produced}, delivered {len(first_arrival)}, received {len(_stream_payloads(sub))}")
     assert sorted(seqs) == list(range(1, produced + 1)), "a message was lost"
     assert seqs == sorted(seqs), "messages arrived out of order"
+
+
+def test_sigterm_finishes_in_flight_work_publishes_offline_and_exits_0(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    audio, _ = _joined_stream(tmp_path)
+    sub = Subscriber(mosquitto, "test/#").start()
+    agent = _start_agent(_config(tmp_path, mosquitto, audio, realtime=True))
+    try:
+        assert sub.wait_for(lambda msgs: sum(m.topic.endswith("/state") for m in msgs) >= 2, 30)
+        agent.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        output, _ = agent.communicate(timeout=30)
+        took = time.monotonic() - stopped_at
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, output
+    print(f"stopped {took:.2f} s after SIGTERM")
+    assert wait_until(lambda: sub.payloads("test/e2e/availability")[-1:] == [b"offline"], 10)
+    statuses = [p for topic, p, _ in _stream_payloads(sub) if topic == "status"]
+    assert statuses[-1]["status"] == "ended" and statuses[-1]["detail"] == "agent stopping"
+    sub.stop()
