@@ -94,6 +94,10 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
         batcher=batcher, publisher=publisher, vad_config=config.vad, window_config=config.windows,
         smoother_config=config.smoothing,
     )
+    if config.stats.prometheus_port is not None:
+        from edge_ser.metrics import Metrics
+
+        Metrics(pipeline).serve(config.stats.prometheus_port)
     sources = [asyncio.create_task(make_source(s).run(pipeline), name=f"source-{i}")
                for i, s in enumerate(config.sources)]
     helpers = [asyncio.create_task(_stats_loop(pipeline, publisher, config.stats.interval_s))]

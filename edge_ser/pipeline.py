@@ -148,7 +148,10 @@ class StreamWorker:
                     self.stats.windows += 1
                     self.last_window_end = window.t1
                     self._emit(self.smoother.push(window.t0, window.t1, scores.clip_probs()))
-                    self.stats.latencies_s.append(self.pipeline.clock() - window.ready_at)
+                    latency = self.pipeline.clock() - window.ready_at
+                    self.stats.latencies_s.append(latency)
+                    if self.pipeline.on_latency is not None:
+                        self.pipeline.on_latency(self.stream_id, latency)
                 elif kind == "boundary":
                     self._publish("segment", self.events.segment(value, self.pipeline.wall_clock()))
                 elif kind == "gap":
@@ -185,6 +188,7 @@ class Pipeline:
         self.stream_queue = stream_queue
         self.clock = clock
         self.wall_clock = wall_clock
+        self.on_latency: Callable[[str, float], None] | None = None  # metrics hook
         self.streams: dict[str, StreamWorker] = {}
         self.finished: dict[str, dict[str, Any]] = {}
 
