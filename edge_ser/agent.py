@@ -18,11 +18,11 @@ from edge_ser import systemd
 from edge_ser.backends import Engine, make_engine
 from edge_ser.batching import DynamicBatcher
 from edge_ser.checkpoint import CheckpointError, read_meta
-from edge_ser.config import AgentConfig
+from edge_ser.config import AgentConfig, ConfigError, load_config
 from edge_ser.features import FeatureParams
 from edge_ser.pipeline import Pipeline
 from edge_ser.publish import OutboundMessage, Publisher, make_publisher
-from edge_ser.sources import make_source
+from edge_ser.supervisor import SourceSet
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,28 @@ async def _watchdog_loop(batcher: DynamicBatcher, interval: float) -> None:
         systemd.notify("WATCHDOG=1")
 
 
+async def _reload(sources: SourceSet, config_path: Path) -> None:
+    """SIGHUP: re-read the configuration and apply its source list; everything else needs a restart."""
+    try:
+        new = load_config(config_path)
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays:\n%s", exc)
+        return
+    summary = await sources.apply(new.sources)
+    log.info("reloaded sources from %s: %s", config_path, summary)
+    systemd.notify(f"STATUS=reloaded: {len(sources.running)} source(s)")
+
+
 async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher: Publisher | None = None,
-                    stop: asyncio.Event | None = None) -> int:
+                    stop: asyncio.Event | None = None, config_path: Path | None = None) -> int:
     """Run until a signal (or ``stop``) or until every source is exhausted; ``engine`` and ``publisher``
-    default to the ones the configuration describes."""
+    default to the ones the configuration describes. With ``config_path``, SIGHUP reloads the sources."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
     if engine is None:
         systemd.notify("STATUS=loading model")
         engine = await asyncio.to_thread(build_engine, config)
@@ -98,27 +111,35 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
         from edge_ser.metrics import Metrics
 
         Metrics(pipeline).serve(config.stats.prometheus_port)
-    sources = [asyncio.create_task(make_source(s).run(pipeline), name=f"source-{i}")
-               for i, s in enumerate(config.sources)]
+    sources = SourceSet(pipeline)
+    for source_config in config.sources:
+        sources.start(source_config)
+    if config_path is not None:
+
+        def on_hup() -> None:
+            task = asyncio.create_task(_reload(sources, config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
     helpers = [asyncio.create_task(_stats_loop(pipeline, publisher, config.stats.interval_s))]
     if (interval := systemd.watchdog_interval()) is not None:
         helpers.append(asyncio.create_task(_watchdog_loop(batcher, interval)))
     systemd.notify("READY=1")
-    systemd.notify(f"STATUS=running {len(sources)} source(s), model {engine.model_id}")
-    log.info("agent %s running: %d source(s), model %s", config.device_id, len(sources), engine.model_id)
+    systemd.notify(f"STATUS=running {len(sources.running)} source(s), model {engine.model_id}")
+    log.info("agent %s running: %d source(s), model %s", config.device_id, len(sources.running), engine.model_id)
 
-    all_sources = asyncio.gather(*sources, return_exceptions=True)
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([all_sources, stopper], return_when=asyncio.FIRST_COMPLETED)
+    waiters = [asyncio.create_task(sources.finished.wait()), asyncio.create_task(stop.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiters:
+        task.cancel()
     systemd.notify("STOPPING=1")
     log.info("stopping: %s", "signal" if stop.is_set() else "all sources finished")
-    for task in sources:
-        task.cancel()
-    for result in await all_sources:
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            log.error("a source failed: %r", result)
-    stopper.cancel()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.remove_signal_handler(signal.SIGHUP)
     try:
+        await asyncio.wait_for(sources.stop_all(), config.shutdown_timeout_s)
         await asyncio.wait_for(pipeline.close(), config.shutdown_timeout_s)
     except TimeoutError:
         log.warning("streams did not drain within %.1f s", config.shutdown_timeout_s)

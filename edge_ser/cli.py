@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _setup_logging(args.log_level or config.log_level)
-    return asyncio.run(run_agent(config))
+    return asyncio.run(run_agent(config, config_path=Path(args.config)))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
