@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from edge_ser.batching import DynamicBatcher
 from edge_ser.events import EventBuilder
 from edge_ser.publish import OutboundMessage, Publisher
 from edge_ser.smoothing import Shift, SmootherConfig, StateUpdate, make_smoother
-from edge_ser.types import AudioBlock, SpeechBoundary, Window
+from edge_ser.types import SAMPLE_RATE, AudioBlock, SpeechBoundary, Window
 from edge_ser.vad import Segmenter, VadConfig
 from edge_ser.windows import WindowConfig, Windower
 
@@ -86,7 +87,7 @@ class StreamWorker:
         self.task = asyncio.create_task(self._consume(), name=f"stream-{stream_id}")
 
     async def audio(self, block: AudioBlock) -> None:
-        self.stats.audio_s += len(block.samples) / 16_000
+        self.stats.audio_s += len(block.samples) / SAMPLE_RATE
         self.last_t = block.t1
         for item in self.segmenter.push(block):
             await self._route(item)
@@ -99,13 +100,12 @@ class StreamWorker:
             self.in_speech = item.kind == "start"
             await self.queue.put(("boundary", item))
         else:
-            self.stats.speech_s += len(item.samples) / 16_000
+            self.stats.speech_s += len(item.samples) / SAMPLE_RATE
         for window in self.windower.push(item):
             await self._submit(window)
 
     async def _submit(self, window: Window) -> None:
-        ready = Window(window.stream_id, window.segment_id, window.t0, window.t1, window.samples,
-                       ready_at=self.pipeline.clock())
+        ready = dataclasses.replace(window, ready_at=self.pipeline.clock())
         future = await self.pipeline.batcher.submit(ready)
         await self.queue.put(("window", (ready, future)))
 
