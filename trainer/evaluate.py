@@ -2,9 +2,15 @@
 
     edge-ser-eval --model models/default --manifest ../shared/data/manifest.csv --protocol 4class \\
         --out results.json [--calm-as-neutral] [--skip-bad]
+    edge-ser-eval --streams --model DIR (--stream-dir DIR | --manifest M --n 10) --out tracking.json
+
+``--streams`` scores temporal tracking on shift streams instead (``trainer.stream_eval``).
 
 The model runs on the CPU (or ``--device cuda``) with the PyTorch ``EmotionModel`` rebuilt from the
-checkpoint folder. Nothing about corpus names or languages is assumed: corpora come from the manifest.
+checkpoint folder, or with ``--engine ctranslate2 --compute-type int8|float32|...`` (options shared with
+``--streams``; clip scoring defaults to torch) through the runtime's CTranslate2 backend (one window per clip,
+the agent's exact computation) to measure what a compute type costs. Nothing about corpus names or
+languages is assumed: corpora come from the manifest.
 ``predict_cached`` gives the same clip logits from the trainer's frozen-layer cache (LOCO, dev checks).
 """
 
@@ -22,9 +28,11 @@ import torch
 from tqdm import tqdm
 
 from edge_ser.audio import AudioError
+from edge_ser.backends.base import Engine
 from edge_ser.checkpoint import ModelMeta
 from edge_ser.model import EmotionModel, load_emotion_model
 from edge_ser.types import SAMPLE_RATE
+from trainer import stream_eval
 from trainer.cache import CachedView, pad_mels, prepare_mel, valid_mask
 from trainer.data import Clip, ManifestError, Problem, load_manifest, read_clip
 from trainer.metrics import PROTOCOLS, mean_over_corpora, score
@@ -91,11 +99,18 @@ def predict_mels(model: EmotionModel, mels: Sequence[np.ndarray], batch_frames: 
     return out
 
 
-def predict_clips(model: EmotionModel, clips: Sequence[Clip], max_clip_s: float = 30.0, chunk: int = 256,
+def predict_engine(engine: Engine, mels: Sequence[np.ndarray]) -> np.ndarray:
+    """Clip logits (N, C), prior-corrected, from a runtime ``Engine`` (it batches equal lengths itself)."""
+    return np.stack([scores.clip_logits() for scores in engine.infer(mels)]).astype(np.float32)
+
+
+def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_s: float = 30.0, chunk: int = 256,
                   batch_frames: int = 8192, device: str | torch.device = "cpu"
                   ) -> tuple[np.ndarray, list[Problem]]:
-    """Clip logits for decodable clips (rows of bad clips are NaN) and the problems met while decoding."""
-    logits = np.full((len(clips), model.head.config.n_classes), np.nan, dtype=np.float32)
+    """Clip logits for decodable clips (rows of bad clips are NaN) and the problems met while decoding;
+    ``model`` is the PyTorch model (padded, masked batches) or a runtime ``Engine``."""
+    n_classes = len(model.labels) if isinstance(model, Engine) else model.head.config.n_classes
+    logits = np.full((len(clips), n_classes), np.nan, dtype=np.float32)
     problems: list[Problem] = []
     max_samples = int(max_clip_s * SAMPLE_RATE)
     with tqdm(total=len(clips), desc="eval", unit="clip", mininterval=10) as bar:
@@ -108,7 +123,9 @@ def predict_clips(model: EmotionModel, clips: Sequence[Clip], max_clip_s: float 
                     ok.append(i)
                 except (AudioError, ValueError) as exc:
                     problems.append(Problem(clips[i].line, f"{clips[i].path}: {exc}"))
-            if mels:
+            if mels and isinstance(model, Engine):
+                logits[ok] = predict_engine(model, mels)
+            elif mels:
                 logits[ok] = predict_mels(model, mels, batch_frames, device)
             bar.update(min(chunk, len(clips) - first))
     return logits, problems
@@ -140,12 +157,23 @@ def write_report(result: dict[str, Any], out: str | Path) -> list[Path]:
 
 def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "4class",
              calm_as_neutral: bool = False, skip_bad: bool = False, device: str = "cpu",
-             max_clip_s: float = 30.0, base_dir: str | Path | None = None) -> dict[str, Any]:
-    """Load the model, score every clip of the manifest, and return EVAL.md's JSON object."""
+             max_clip_s: float = 30.0, base_dir: str | Path | None = None, engine: str = "torch",
+             compute_type: str = "int8", threads: int = 0) -> dict[str, Any]:
+    """Load the model, score every clip of the manifest, and return EVAL.md's JSON object. ``engine``
+    ``ctranslate2`` scores through the runtime's CTranslate2 backend in ``compute_type``."""
     manifest = load_manifest(manifest_path, skip_bad=skip_bad)
-    model, meta = build_model_from_checkpoint(model_dir, base_dir)
-    model.to(device)
-    logits, problems = predict_clips(model, manifest.clips, max_clip_s=max_clip_s, device=device)
+    scorer: EmotionModel | Engine
+    if engine == "ctranslate2":
+        from edge_ser.backends.ct2_backend import Ct2Engine
+
+        scorer = Ct2Engine(model_dir, base_dir, device=device, compute_type=compute_type, intra_threads=threads)
+        meta = scorer.meta
+    elif engine == "torch":
+        scorer, meta = build_model_from_checkpoint(model_dir, base_dir)
+        scorer.to(device)
+    else:
+        raise ValueError(f"engine {engine!r}: expected 'torch' or 'ctranslate2'")
+    logits, problems = predict_clips(scorer, manifest.clips, max_clip_s=max_clip_s, device=device)
     if problems and not skip_bad:
         raise ManifestError(Path(manifest_path), problems, hint=" (undecodable audio; pass --skip-bad)")
     if problems:
@@ -157,22 +185,29 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-ser-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (model.json + model.safetensors)")
-    parser.add_argument("--manifest", required=True, help="manifest CSV in the EVAL.md format")
+    parser.add_argument("--manifest", default=None, help="manifest CSV in the EVAL.md format (required unless "
+                        "--streams --stream-dir)")
     parser.add_argument("--protocol", default="4class", choices=sorted(PROTOCOLS))
     parser.add_argument("--calm-as-neutral", action="store_true", help="score 'calm' clips as neutral")
     parser.add_argument("--out", required=True, help="results JSON path (confusion PNGs go next to it)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad rows and undecodable clips")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (--streams: the engine's)")
     parser.add_argument("--max-clip-s", type=float, default=30.0, help="centre-crop longer clips (<= 30 s)")
     parser.add_argument("--base-dir", default=None, help="CTranslate2 whisper-base folder")
+    stream_eval.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.streams:
+        return stream_eval.run_from_args(args)
+    if args.manifest is None:
+        parser.error("--manifest is required (except with --streams --stream-dir)")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         result = evaluate(args.model, args.manifest, args.protocol, args.calm_as_neutral, args.skip_bad,
-                          args.device, args.max_clip_s, args.base_dir)
+                          args.device, args.max_clip_s, args.base_dir, args.engine or "torch",
+                          args.compute_type or "int8", args.threads or 0)
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2

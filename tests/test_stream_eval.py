@@ -1,0 +1,100 @@
+"""``edge-ser-eval --streams`` on two real shift streams with the shipped model: the report's metrics are in
+range, and a second run (another smoother, plots) takes every engine output from the score cache."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_ser.types import SAMPLE_RATE
+from edge_ser.vad import VadConfig
+from edge_ser.windows import WindowConfig
+from trainer import stream_eval
+from trainer.evaluate import main as eval_main
+from trainer.streams import StreamBuildConfig, build_streams
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = Path("/work/shared/data/manifest.csv")
+MODEL = ROOT / "models" / "default"
+
+needs_data = pytest.mark.skipif(not MANIFEST.is_file(), reason=f"corpus manifest {MANIFEST} not present")
+needs_model = pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="no trained model in models/default")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two emodb streams scored once with the agent's defaults (ctranslate2 int8, ema); cache filled."""
+    root = tmp_path_factory.mktemp("stream-eval")
+    build_streams(MANIFEST, root / "streams", StreamBuildConfig(n=2, seed=0, corpora=("emodb",)))
+    out = root / "tracking.json"
+    argv = ["--streams", "--model", str(MODEL), "--stream-dir", str(root / "streams"), "--cache-dir",
+            str(root / "cache"), "--quiet"]
+    assert eval_main([*argv, "--out", str(out)]) == 0
+    return {"root": root, "report": json.loads(out.read_text()), "argv": argv}
+
+
+def _in_unit(value: float | None) -> bool:
+    return value is not None and 0.0 <= value <= 1.0
+
+
+@needs_data
+@needs_model
+def test_report_has_every_metric_in_range(first_run: dict[str, Any]) -> None:
+    report = first_run["report"]
+    assert report["model_id"] == "edge-ser-default-v0"
+    assert report["config"]["engine"]["type"] == "ctranslate2" and report["config"]["engine"]["compute_type"] == "int8"
+    assert [s["name"] for s in report["streams"]] == ["stream_000", "stream_001"]
+    for entry in [*report["streams"], report["aggregate"], *report["corpora"].values()]:
+        t = entry["tracking"]
+        assert _in_unit(t["ua"]) and _in_unit(t["wa"]) and _in_unit(entry["clip_ua"])
+        assert entry["ua_gap"] == pytest.approx(abs(entry["clip_ua"] - t["ua"]))
+        seconds = entry["seconds"]  # every scored second answered right, wrong, 'uncertain' or not yet
+        assert sum(seconds.values()) == t["n_seconds"] and seconds["correct"] == sum(t["class_correct"].values())
+        assert t["n_true"] >= 3  # at least 4 clips per stream
+        for key in ("precision", "recall", "f1"):
+            assert t[key] is None or 0.0 <= t[key] <= 1.0
+        assert t["median_delay_s"] is None or math.isfinite(t["median_delay_s"])
+        assert t["spurious_per_min"] is None or t["spurious_per_min"] >= 0.0
+        assert set(entry["targets"]) == {"f1", "median_delay_s", "spurious_per_min", "ua_gap"}
+    agg = report["aggregate"]["tracking"]
+    assert agg["n_streams"] == 2 and agg["n_true"] == sum(s["tracking"]["n_true"] for s in report["streams"])
+    assert agg["n_seconds"] > 10
+    for stream in report["streams"]:
+        assert stream["n_windows"] > 0 and stream["duration_s"] > 4.0
+        for shift in stream["shifts"]:
+            assert 0.0 <= shift["t"] <= stream["duration_s"] + 1e-6 and shift["from"] != shift["to"]
+    assert report["engine_calls"]["windows"] > 0 and report["cache"]["misses"] == 4  # windows + clips, 2 streams
+    assert len(list((first_run["root"] / "cache").glob("*.npz"))) == 4
+
+
+@needs_data
+@needs_model
+def test_second_run_uses_only_the_cache(first_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_engine(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the engine was built although every score was cached")
+
+    monkeypatch.setattr(stream_eval, "make_engine", no_engine)
+    root = first_run["root"]
+    out, plots = root / "again.json", root / "png"
+    # The same window scores under another smoother, plus the timeline plots: no encoder run at all.
+    assert eval_main([*first_run["argv"], "--out", str(out), "--smoother", "hmm", "--plot", str(plots)]) == 0
+    report = json.loads(out.read_text())
+    assert report["engine_calls"] == {"calls": 0, "windows": 0}
+    assert report["cache"]["hits"] == 4 and report["cache"]["misses"] == 0
+    assert report["config"]["smoothing"]["type"] == "hmm"
+    assert report["aggregate"]["clip_ua"] == first_run["report"]["aggregate"]["clip_ua"]
+    assert sorted(p.name for p in plots.glob("*.png")) == ["stream_000.png", "stream_001.png"]
+
+
+def test_stages_tick_gaps_through_silence_and_window_speech_in_pipeline_order() -> None:
+    """Pure ordering check on tiny synthetic audio: 2 s of silence (gap ticks every 0.5 s, no windows)."""
+    events, windows, end_t = stream_eval.run_stages("s", np.zeros(2 * SAMPLE_RATE, np.float32), VadConfig(),
+                                                    WindowConfig(), block_s=0.1)
+    assert windows == [] and end_t == 2.0
+    assert [round(t, 3) for kind, t in events] == [0.5, 1.0, 1.5, 2.0]
+    assert {kind for kind, _ in events} == {1}
