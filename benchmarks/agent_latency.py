@@ -111,7 +111,12 @@ def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[s
         except (OSError, StopIteration):
             pass
     agent.terminate()
-    _, err = agent.communicate(timeout=30)
+    try:
+        _, err = agent.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        _, err = agent.communicate()
+        err += b"\n(agent did not stop within 30 s of SIGTERM and was killed)"
     sub.loop_stop()
     sub.disconnect()
     broker.terminate()

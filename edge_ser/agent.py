@@ -138,14 +138,17 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
     log.info("stopping: %s", "signal" if stop.is_set() else "all sources finished")
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.remove_signal_handler(signal.SIGHUP)
+    # One grace period for draining the streams; the publisher then gets the same again to deliver.
+    grace = config.shutdown_timeout_s
+    deadline = loop.time() + grace
     try:
-        await asyncio.wait_for(sources.stop_all(), config.shutdown_timeout_s)
-        await asyncio.wait_for(pipeline.close(), config.shutdown_timeout_s)
+        await asyncio.wait_for(sources.stop_all(), grace)
+        await asyncio.wait_for(pipeline.close(), max(0.1, deadline - loop.time()))
     except TimeoutError:
-        log.warning("streams did not drain within %.1f s", config.shutdown_timeout_s)
+        log.warning("streams did not drain within %.1f s: windows still queued are dropped", grace)
         await pipeline.cancel()
-    await batcher.close()
+    await batcher.close(max(0.1, deadline - loop.time()))
     for task in helpers:
         task.cancel()
-    await publisher.close(config.shutdown_timeout_s)
+    await publisher.close(grace)
     return 0

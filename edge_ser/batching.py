@@ -108,11 +108,22 @@ class DynamicBatcher:
         """True when windows wait but no batch finished for ``limit_s`` (the watchdog stops feeding)."""
         return self.pending > 0 and self.clock() - self.stats.last_progress > limit_s
 
-    async def close(self) -> None:
-        """Finish the windows already queued, then stop the worker."""
-        while self._queue.qsize() and self._worker and not self._worker.done():
+    async def close(self, timeout: float = 5.0) -> None:
+        """Finish the windows already queued for at most ``timeout`` seconds, then stop the worker; windows
+        still waiting after that are cancelled (an overloaded agent must still stop promptly)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._queue.qsize() and self._worker and not self._worker.done() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         if self._worker:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        abandoned = 0
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.cancel()
+                abandoned += 1
+        if abandoned:
+            log.warning("stopped with %d window(s) not scored (shutdown timeout %.1f s)", abandoned, timeout)

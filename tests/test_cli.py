@@ -59,7 +59,7 @@ def test_replay_prints_a_timeline_and_draws_it(tmp_path: Path) -> None:
     result = edge_ser("replay", str(ROOT / "examples" / "emodb_shifts.opus"), "--plot", str(png),
                       "--truth", str(ROOT / "examples" / "emodb_shifts.json"))
     assert result.returncode == 0, result.stderr
-    assert "SHIFT neutral -> angry" in result.stdout
+    assert "SHIFT angry -> sad" in result.stdout  # the clearest change in the example, for any decent model
     assert "speech starts" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 

@@ -49,7 +49,7 @@ def reference() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return mels, [s.clip_probs() for s in engine.infer(mels)]
 
 
-@pytest.mark.parametrize(("compute_type", "max_diff", "min_agreement"), [("float32", 1e-4, 1.0), ("int8", 0.1, 0.9)])
+@pytest.mark.parametrize(("compute_type", "max_diff", "min_agreement"), [("float32", 1e-4, 1.0), ("int8", 0.25, 0.9)])
 def test_ctranslate2_matches_torch(reference, compute_type: str, max_diff: float, min_agreement: float) -> None:
     from edge_ser.backends.ct2_backend import Ct2Engine
 

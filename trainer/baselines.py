@@ -80,9 +80,10 @@ class FFN(nn.Module):
 
 
 def train_ffn(x: np.ndarray, y: np.ndarray, n_classes: int, epochs: int, seed: int, lr: float = 1e-4,
-              batch_size: int = 128) -> FFN:
+              batch_size: int = 128, widths: Sequence[int] = FFN_WIDTHS) -> FFN:
+    """Adam(W) with cross-entropy for ``epochs`` passes; returns the model in eval mode."""
     torch.manual_seed(seed)
-    model = FFN(x.shape[1], n_classes)
+    model = FFN(x.shape[1], n_classes, widths)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     rng = np.random.default_rng(seed)
