@@ -46,7 +46,7 @@ def _in_unit(value: float | None) -> bool:
 @needs_model
 def test_report_has_every_metric_in_range(first_run: dict[str, Any]) -> None:
     report = first_run["report"]
-    assert report["model_id"] == "edge-ser-default-v0"
+    assert report["model_id"] == json.loads((MODEL / "model.json").read_text())["model_id"]
     assert report["config"]["engine"]["type"] == "ctranslate2" and report["config"]["engine"]["compute_type"] == "int8"
     assert [s["name"] for s in report["streams"]] == ["stream_000", "stream_001"]
     for entry in [*report["streams"], report["aggregate"], *report["corpora"].values()]:
