@@ -365,7 +365,9 @@ def render(facts: dict[str, Any], limits: dict[str, dict[str, Any]], flops: dict
              "| precision | device | GFLOP/s | how |", "|---|---|---:|---|"]
     for key, entry in limits.items():
         precision, device = key.split(":")
-        lines.append(f"| {precision} | {device} | {entry['gflops']:.1f} | {entry['method']} |")
+        others = [f"{name}: {value}" for name, value in entry.get("all", {}).items() if name != entry["method"]]
+        how = entry["method"] + (f" (the faster of; also {'; '.join(others)})" if others else "")
+        lines.append(f"| {precision} | {device} | {entry['gflops']:.1f} | {how} |")
     lines += ["", "FLOPs per window (analytic; GFLOP):", "",
               "| window s | conv1 | conv2 | qkv | attention | out | ffn | head | total |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
