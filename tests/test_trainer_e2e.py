@@ -111,6 +111,8 @@ def test_evaluate_cli_writes_eval_json_and_matches_the_cache(workspace: dict[str
     decoded, problems = predict_clips(model, [data.manifest.clips[i] for i in some])
     assert not problems
     assert np.allclose(cached, decoded, atol=0.05)
+    # the frame head's clip score is the plain mean of its frame logits (what per-second scores average)
+    assert np.allclose(predict_cached(model, data.cache.views[0], some, 3, frame_mean=True), cached, atol=1e-4)
 
 
 def test_resume_continues_the_history(workspace: dict[str, Path]) -> None:
@@ -173,3 +175,26 @@ def test_ddp_two_gloo_processes(workspace: dict[str, Path]) -> None:
     # both ranks trained and report the same all-reduced epoch loss
     losses = re.findall(r"epoch 0: train loss ([0-9.]+)", proc.stderr)
     assert len(losses) == 2 and losses[0] == losses[1]
+
+
+def test_loco_writes_folds_and_summary(workspace: dict[str, Path]) -> None:
+    from trainer.loco import main as loco_main
+
+    out = workspace["root"] / "loco"
+    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+            "--out", str(out), "--folds", "casia,emodb", "--set", f"cache_dir={workspace['cache']}",
+            "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY]
+    assert loco_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["corpus"] for row in summary["folds"]] == ["casia", "emodb"]
+    assert 0.0 <= summary["mean"]["4class"]["ua"] <= 1.0
+    for corpus in ("casia", "emodb"):
+        fold = out / f"fold-{corpus}"
+        meta, _ = load_checkpoint(fold / "model")
+        assert corpus not in meta.training["corpora"]  # the held-out corpus never trains
+        test = json.loads((fold / "test.json").read_text())
+        assert list(test["corpora"]) == [corpus]
+    assert "| **mean** |" in (out / "summary.md").read_text()
+    assert loco_main([*args, "--rescore", "--frame-mean"]) == 0
+    rescored = json.loads((out / "summary.rescored.json").read_text())
+    assert rescored["mean"]["4class"]["ua"] == pytest.approx(summary["mean"]["4class"]["ua"], abs=1e-6)

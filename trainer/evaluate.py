@@ -63,8 +63,10 @@ def _length_batches(lengths: Sequence[int], batch_frames: int) -> list[list[int]
 
 @torch.no_grad()
 def predict_cached(model: EmotionModel, view: CachedView, indices: Sequence[int], start_layer: int,
-                   batch_frames: int = 8192, device: str | torch.device = "cpu") -> np.ndarray:
-    """Clip logits (N, C), prior-corrected, for cached states entering ``start_layer``."""
+                   batch_frames: int = 8192, device: str | torch.device = "cpu", frame_mean: bool = False
+                   ) -> np.ndarray:
+    """Clip logits (N, C), prior-corrected, for cached states entering ``start_layer``. ``frame_mean`` pools
+    with the plain mean of frame logits (what per-second scores average) instead of the head's weights."""
     model.eval()
     lengths = [int(view.length[i]) for i in indices]
     out = np.zeros((len(indices), model.head.config.n_classes), dtype=np.float32)
@@ -77,7 +79,10 @@ def predict_cached(model: EmotionModel, view: CachedView, indices: Sequence[int]
         valid = valid_mask(frames, longest)
         x = torch.from_numpy(states).to(device)
         feats = model.features(x, start_layer=start_layer, hidden=x, key_padding=~valid)
-        _, clip_logits = model.head(feats, valid)
+        frame_logits, clip_logits = model.head(feats, valid)
+        if frame_mean:
+            mask = valid.unsqueeze(-1).to(frame_logits.dtype)
+            clip_logits = (frame_logits * mask).sum(dim=1) / mask.sum(dim=1)
         out[batch] = (clip_logits - model.log_prior).float().cpu().numpy()
     return out
 

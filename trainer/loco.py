@@ -63,6 +63,26 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
     return row
 
 
+def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, frame_mean: bool) -> dict[str, Any]:
+    """Score an existing fold's checkpoint on its held-out corpus again (no training)."""
+    model, meta = build_model_from_checkpoint(out / "model", config.base_dir)
+    test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
+    if data.cache is None:
+        raise ValueError("--rescore needs the cache (cache: true)")
+    logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean)
+    clips = [data.manifest.clips[i] for i in test_idx]
+    metrics = json.loads((out / "metrics.json").read_text())
+    row: dict[str, Any] = {"corpus": corpus, "train_clips": meta.training.get("train_clips"),
+                           "dev_clips": meta.training.get("dev_clips"), "best_epoch": metrics["best"]["epoch"],
+                           "dev_ua": metrics["best"]["ua"]}
+    for protocol in SUMMARY_PROTOCOLS:
+        rep = report(logits, clips, meta.labels, protocol, False, str(out / "model"), str(data.manifest.path))
+        if rep["corpora"]:
+            entry = rep["corpora"][corpus]
+            row[protocol] = {k: entry[k] for k in ("n", "ua", "macro_f1", "wa", "ece")}
+    return row
+
+
 def summarize(rows: list[dict[str, Any]], command: str) -> tuple[dict[str, Any], str]:
     """``summary.json`` content and the markdown table (mean = equal weight over held-out corpora)."""
     mean: dict[str, dict[str, float]] = {}
@@ -95,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--folds", default=None, help="comma-separated corpora to hold out (default: all)")
     parser.add_argument("--skip-bad", action="store_true")
+    parser.add_argument("--rescore", action="store_true", help="no training: score the fold checkpoints already "
+                        "in --out again, into summary.rescored.{json,md}")
+    parser.add_argument("--frame-mean", action="store_true", help="with --rescore: pool clips by the plain mean "
+                        "of frame logits (what per-second scores average) instead of the head's pooling")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = shlex.join(["python", "-m", "trainer.loco", *(sys.argv[1:] if argv is None else argv)])
@@ -111,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         rows = []
+        stem = "summary.rescored" if args.rescore else "summary"
         for corpus in folds:
-            rows.append(run_fold(config, data, corpus, out / f"fold-{safe_name(corpus)}"))
+            fold_dir = out / f"fold-{safe_name(corpus)}"
+            rows.append(rescore_fold(config, data, corpus, fold_dir, args.frame_mean) if args.rescore
+                        else run_fold(config, data, corpus, fold_dir))
             summary, table = summarize(rows, command)
-            (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-            (out / "summary.md").write_text(table)
+            (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+            (out / f"{stem}.md").write_text(table)
             log.info("fold %s: 4-class UA %.4f", corpus, rows[-1].get("4class", {}).get("ua", float("nan")))
     except (ConfigError, LabelError, ManifestError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
