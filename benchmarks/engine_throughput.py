@@ -31,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -296,15 +297,34 @@ def _reset_hwm() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
+def in_parallel(call: Callable[[], object], callers: int) -> None:
+    """``call`` once in each of ``callers`` threads at the same time (the engine runs that many batches)."""
+    if callers == 1:
+        call()
+        return
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run_worker(case: Case, windows: Sequence[float], batches: Sequence[int], budget_s: float, min_reps: int,
-               max_reps: int, threads: int, model_dir: Path) -> None:
-    """Time one case over the grid; print one ``RESULT {json}`` line per setting."""
+               max_reps: int, threads: int, model_dir: Path, inter: int = 0) -> None:
+    """Time one case over the grid; print one ``RESULT {json}`` line per setting. CTranslate2 runs
+    ``engine.concurrency`` batches at once (its default on a CPU: one single-threaded replica per core, as
+    in the agent): one timed step = that many calls in parallel threads, and windows/s counts them all."""
     cuda_torch = None
+    callers = 1
     if case.backend == "ctranslate2":
+        from edge_ser.agent import limit_numpy_threads
         from edge_ser.backends.ct2_backend import Ct2Engine
 
-        engine = Ct2Engine(model_dir, device=case.device, compute_type=case.compute_type, intra_threads=threads)
+        limit_numpy_threads()  # as the agent does
+        engine = Ct2Engine(model_dir, device=case.device, compute_type=case.compute_type, intra_threads=threads,
+                           inter_threads=inter)
         infer: Callable[[Sequence[np.ndarray]], object] = engine.infer
+        callers = engine.concurrency
     else:
         runner = TorchRunner(model_dir, case.device, case.compute_type, case.compile, threads)
         infer = runner
@@ -318,14 +338,14 @@ def run_worker(case: Case, windows: Sequence[float], batches: Sequence[int], bud
                 cuda_torch.cuda.reset_peak_memory_stats()
             _reset_hwm()
             start = time.perf_counter()
-            infer(mels)  # warm-up (and compilation for torch.compile)
+            in_parallel(lambda m=mels: infer(m), callers)  # warm-up (and compilation for torch.compile)
             first = time.perf_counter() - start
             if first < 1.0:
-                infer(mels)
+                in_parallel(lambda m=mels: infer(m), callers)
             times: list[float] = []
             while len(times) < max_reps and (len(times) < min_reps or sum(times) < budget_s):
                 start = time.perf_counter()
-                infer(mels)  # returns host numpy arrays: the call is complete (CUDA synchronised)
+                in_parallel(lambda m=mels: infer(m), callers)  # host numpy results: complete (CUDA synced)
                 times.append(time.perf_counter() - start)
             if cuda_torch is not None:
                 memory, memory_kind = cuda_torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
@@ -334,7 +354,8 @@ def run_worker(case: Case, windows: Sequence[float], batches: Sequence[int], bud
             median = statistics.median(times)
             print("RESULT " + json.dumps({
                 "case": case.key, "window_s": window_s, "batch": batch, "median_s": median, "reps": len(times),
-                "min_s": min(times), "rtf": median / (batch * window_s), "windows_per_s": batch / median,
+                "min_s": min(times), "rtf": median / (batch * callers * window_s), "parallel": callers,
+                "windows_per_s": batch * callers / median,
                 "memory_mib": memory, "memory_kind": memory_kind,
             }), flush=True)
 
@@ -377,15 +398,17 @@ def render(facts: dict[str, Any], limits: dict[str, dict[str, Any]], flops: dict
                                                         "total")) + " |")
     for key, message in errors.items():
         lines.append(f"\n{key}: not measured: {message}")
-    header = ("| engine | window s | batch | ms / batch | RTF | windows / s | GFLOP/s | % of limit | peak MiB |",
+    header = ("| engine | window s | batch (x parallel) | ms / step | RTF | windows / s | GFLOP/s | % of limit "
+              "| peak MiB |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def row_text(r: dict[str, Any]) -> str:
-        achieved = flops[r["window_s"]]["total"] * r["batch"] / r["median_s"] / 1e9
+        achieved = flops[r["window_s"]]["total"] * r["windows_per_s"] / 1e9
+        batch = f"{r['batch']} x {r['parallel']}" if r.get("parallel", 1) > 1 else str(r["batch"])
         limit = limit_for(r["case"], limits)
         share = 100 * achieved / limit["gflops"] if limit else float("nan")
         memory = "-" if r["memory_mib"] is None else f"{r['memory_mib']:.0f}"
-        return (f"| {r['case']} | {r['window_s']:g} | {r['batch']} | {r['median_s'] * 1000:.2f} | {r['rtf']:.5f} | "
+        return (f"| {r['case']} | {r['window_s']:g} | {batch} | {r['median_s'] * 1000:.2f} | {r['rtf']:.5f} | "
                 f"{r['windows_per_s']:.1f} | {achieved:.1f} | {_fmt(share)} | {memory} |")
 
     best: dict[tuple[str, float], dict[str, Any]] = {}
@@ -398,7 +421,7 @@ def render(facts: dict[str, Any], limits: dict[str, dict[str, Any]], flops: dict
     lines += ["", "All settings:", "", *header, *(row_text(r) for r in rows)]
     target = best.get(("ctranslate2:int8:cpu", 2.0))
     if target and "int8:cpu" in limits:
-        share = 100 * flops[2.0]["total"] * target["batch"] / target["median_s"] / 1e9 / limits["int8:cpu"]["gflops"]
+        share = 100 * flops[2.0]["total"] * target["windows_per_s"] / 1e9 / limits["int8:cpu"]["gflops"]
         verdict = "met" if share >= 50 else "not met"
         lines += ["", f"Target: CTranslate2 int8, 2 s windows, best batch ({target['batch']}) reaches {share:.1f}% "
                       f"of the measured int8 GEMM limit (target >= 50%): {verdict}."]
@@ -421,7 +444,7 @@ def run_case(case: Case, args: argparse.Namespace, windows: Sequence[float], bat
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", case.key,
                "--windows", ",".join(f"{w:g}" for w in windows), "--batches", ",".join(map(str, batches)),
                "--budget", str(args.budget), "--min-reps", str(args.min_reps), "--max-reps", str(args.max_reps),
-               "--threads", str(args.threads), "--model", str(args.model)]
+               "--threads", str(args.threads), "--inter", str(args.inter), "--model", str(args.model)]
     print(f"... {case.key}", file=sys.stderr, flush=True)
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     rows = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -442,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds of timed calls per setting (default 3)")
     parser.add_argument("--min-reps", type=int, default=3, help="timed calls per setting at least")
     parser.add_argument("--max-reps", type=int, default=20, help="timed calls per setting at most")
-    parser.add_argument("--threads", type=int, default=0, help="engine threads (0: the library's default)")
+    parser.add_argument("--threads", type=int, default=0, help="engine threads per batch (0: the engine's default)")
+    parser.add_argument("--inter", type=int, default=0,
+                        help="CTranslate2 batches in parallel (0: the engine's default, one per core on a CPU)")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default", help="checkpoint folder")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -454,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         args.budget = 1.0 if args.quick else 3.0
     if args.worker:
         run_worker(Case.parse(args.worker), windows, batches, args.budget, args.min_reps, args.max_reps,
-                   args.threads, args.model)
+                   args.threads, args.model, args.inter)
         return 0
 
     from edge_ser.checkpoint import load_checkpoint

@@ -46,7 +46,20 @@ def check_model(path: Path) -> None:
         raise ModelMissingError(str(exc)) from exc
 
 
+def limit_numpy_threads() -> None:
+    """One BLAS thread for numpy (log-mel, the head): the engine's own thread pool owns the cores.
+
+    Measured on the 2-core box: OpenBLAS's idle threads spin after each small head matmul and slowed the
+    CTranslate2 encoder that ran next by ~35% (docs/benchmarks.md). Process-wide, so only the agent's entry
+    points call it, never the library.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def build_engine(config: AgentConfig) -> Engine:
+    limit_numpy_threads()
     model_dir = config.model.resolved_path()
     check_model(model_dir)
     engine = make_engine(config.engine, model_dir, config.model.base_dir)

@@ -1,7 +1,10 @@
 """Dynamic batching: windows from all streams share one engine call, waiting at most ``max_wait_ms``.
 
-One worker task owns the engine; inference (log-mel + encoder + head) runs in a worker thread, so the
-event loop never blocks. Callers ``await submit(window)`` and get that window's ``FrameScores``.
+One collector task forms batches; up to ``engine.concurrency`` of them are scored at once, each in a worker
+thread (log-mel + encoder + head), so the event loop never blocks and one batch's single-threaded parts
+overlap another's encoder. A batch is formed only when a slot is free, so windows that arrive while the
+engine is busy join the next batch. Callers ``await submit(window)`` and get that window's ``FrameScores``
+(per stream, the pipeline consumes them in submission order whatever order the batches finish in).
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ class BatchingConfig(BaseModel):
 class BatchStats:
     batches: int = 0
     windows: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # summed over batches in flight together (may exceed wall time)
     last_progress: float = 0.0  # monotonic time of the last finished batch
 
 
 class DynamicBatcher:
-    """Collects windows into batches and runs them on ``engine`` in a worker thread, one batch at a time."""
+    """Collects windows into batches and runs up to ``engine.concurrency`` of them at once in worker threads."""
 
     def __init__(self, engine: Engine, config: BatchingConfig, params: FeatureParams | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -51,6 +54,8 @@ class DynamicBatcher:
         self.stats = BatchStats(last_progress=clock())
         self._queue: asyncio.Queue[tuple[Window, asyncio.Future[FrameScores]]] = asyncio.Queue(config.max_pending)
         self._worker: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max(1, int(getattr(engine, "concurrency", 1))))
+        self._inflight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._worker is None:
@@ -70,39 +75,65 @@ class DynamicBatcher:
         mels = [log_mel(w.samples, self.params) for w in windows]
         return self.engine.infer(mels)
 
+    @property
+    def in_flight(self) -> int:
+        """Batches being scored now."""
+        return len(self._inflight)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.config.max_wait_ms / 1000
-            while len(batch) < self.config.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0 and self._queue.empty():
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), max(timeout, 0)))
-                except TimeoutError:
-                    break
+            await self._slots.acquire()
+            try:
+                batch = await self._collect(loop)
+            except BaseException:
+                self._slots.release()
+                raise
             live = [(w, f) for w, f in batch if not f.cancelled()]
             if not live:
+                self._slots.release()
                 continue
-            started = self.clock()
+            task = asyncio.create_task(self._score(live), name="batch")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _collect(self, loop: asyncio.AbstractEventLoop) -> list[tuple[Window, asyncio.Future[FrameScores]]]:
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.config.max_wait_ms / 1000
+        while len(batch) < self.config.max_batch:
+            timeout = deadline - loop.time()
+            if timeout <= 0 and self._queue.empty():
+                break
             try:
-                scores = await asyncio.to_thread(self._infer, [w for w, _ in live])
-            except Exception as exc:  # one bad batch must not stop the agent; each caller gets the error
-                log.exception("inference failed for a batch of %d windows", len(live))
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            finished = self.clock()
-            self.stats.batches += 1
-            self.stats.windows += len(live)
-            self.stats.busy_s += finished - started
-            self.stats.last_progress = finished
-            for (_, future), score in zip(live, scores, strict=True):
+                batch.append(await asyncio.wait_for(self._queue.get(), max(timeout, 0)))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _score(self, live: list[tuple[Window, asyncio.Future[FrameScores]]]) -> None:
+        started = self.clock()
+        try:
+            scores = await asyncio.to_thread(self._infer, [w for w, _ in live])
+        except asyncio.CancelledError:
+            for _, future in live:
+                future.cancel()
+            raise
+        except Exception as exc:  # one bad batch must not stop the agent; each caller gets the error
+            log.exception("inference failed for a batch of %d windows", len(live))
+            for _, future in live:
                 if not future.done():
-                    future.set_result(score)
+                    future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        finished = self.clock()
+        self.stats.batches += 1
+        self.stats.windows += len(live)
+        self.stats.busy_s += finished - started
+        self.stats.last_progress = finished
+        for (_, future), score in zip(live, scores, strict=True):
+            if not future.done():
+                future.set_result(score)
 
     def stuck(self, limit_s: float) -> bool:
         """True when windows wait but no batch finished for ``limit_s`` (the watchdog stops feeding)."""
@@ -113,12 +144,17 @@ class DynamicBatcher:
         still waiting after that are cancelled (an overloaded agent must still stop promptly)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._queue.qsize() and self._worker and not self._worker.done() and loop.time() < deadline:
+        while (self._queue.qsize() or self._inflight) and self._worker and not self._worker.done() \
+                and loop.time() < deadline:
             await asyncio.sleep(0.01)
         if self._worker:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        late = list(self._inflight)
+        for task in late:  # past the deadline: their windows are cancelled (the thread finishes unobserved)
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         abandoned = 0
         while not self._queue.empty():
             _, future = self._queue.get_nowait()

@@ -99,16 +99,50 @@ def read_meta(folder: str | Path) -> ModelMeta:
     return meta
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_types(path: Path, meta: ModelMeta) -> None:
+    """Every field has the JSON type the runtime relies on (a damaged or hand-edited file fails here)."""
+    expected: list[tuple[str, type | tuple[type, ...], str]] = [
+        ("model_id", str, "a string"), ("labels", list, "a list of strings"), ("head", dict, "an object"),
+        ("features", dict, "an object"), ("finetuned_layers", list, "a list of ints"), ("base", dict, "an object"),
+        ("window", dict, "an object"), ("training", dict, "an object"), ("metrics", dict, "an object"),
+        ("weights_sha256", str, "a hex string"),
+    ]
+    for name, kind, what in expected:
+        value = getattr(meta, name)
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{path}: {name!r} must be {what}, got {type(value).__name__} {value!r:.60}")
+    if not meta.model_id:
+        raise CheckpointError(f"{path}: 'model_id' must not be empty")
+    if not _is_int(meta.encoder_layers):
+        raise CheckpointError(f"{path}: 'encoder_layers' must be an int, got {meta.encoder_layers!r:.60}")
+    if not all(_is_int(v) and v > 0 for v in meta.features.values()):
+        raise CheckpointError(f"{path}: 'features' values must be positive ints, got {meta.features!r:.120}")
+    if not all(_is_number(v) and v > 0 for v in meta.window.values()):
+        raise CheckpointError(f"{path}: 'window' values must be positive numbers, got {meta.window!r:.120}")
+    prior = meta.class_log_prior
+    if prior is not None and (not isinstance(prior, list) or not all(_is_number(v) for v in prior)):
+        raise CheckpointError(f"{path}: 'class_log_prior' must be null or a list of numbers, got {prior!r:.60}")
+
+
 def _check_meta(path: Path, meta: ModelMeta) -> None:
-    if not isinstance(meta.labels, list) or not meta.labels or not all(isinstance(x, str) for x in meta.labels):
-        raise CheckpointError(f"{path}: 'labels' must be a non-empty list of strings, got {meta.labels!r}")
-    if not isinstance(meta.encoder_layers, int) or not 0 <= meta.encoder_layers <= 32:
+    _check_types(path, meta)
+    if not meta.labels or not all(isinstance(x, str) and x for x in meta.labels):
+        raise CheckpointError(f"{path}: 'labels' must be a non-empty list of strings, got {meta.labels!r:.120}")
+    if not 0 <= meta.encoder_layers <= 32:
         raise CheckpointError(f"{path}: 'encoder_layers' must be an int in 0..32, got {meta.encoder_layers!r}")
-    bad = [i for i in meta.finetuned_layers if not isinstance(i, int) or not 0 <= i < meta.encoder_layers]
+    bad = [i for i in meta.finetuned_layers if not _is_int(i) or not 0 <= i < meta.encoder_layers]
     if bad:
-        raise CheckpointError(f"{path}: 'finetuned_layers' {bad} outside 0..{meta.encoder_layers - 1}")
+        raise CheckpointError(f"{path}: 'finetuned_layers' {bad!r:.60} outside 0..{meta.encoder_layers - 1}")
     if meta.head.get("type") not in ("frame", "attentive"):
-        raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r}")
+        raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r:.60}")
     if meta.class_log_prior is not None and len(meta.class_log_prior) != len(meta.labels):
         raise CheckpointError(
             f"{path}: class_log_prior has {len(meta.class_log_prior)} values for {len(meta.labels)} labels"
@@ -125,10 +159,16 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
     if missing:
         raise CheckpointError(f"{path}: missing tensors {missing}")
     n_classes = len(meta.labels)
-    if tensors["head.fc2.weight"].shape[0] != n_classes:
-        raise CheckpointError(
-            f"{path}: head.fc2.weight has {tensors['head.fc2.weight'].shape[0]} outputs for {n_classes} labels"
-        )
+    d_model = tensors["norm.weight"].shape[0] if tensors["norm.weight"].ndim == 1 else -1
+    hidden = tensors["head.fc1.weight"].shape[0] if tensors["head.fc1.weight"].ndim == 2 else -1
+    shapes = {"norm.weight": (d_model,), "norm.bias": (d_model,), "head.fc1.weight": (hidden, d_model),
+              "head.fc1.bias": (hidden,), "head.fc2.weight": (n_classes, hidden), "head.fc2.bias": (n_classes,)}
+    if meta.head.get("type") == "attentive":
+        shapes |= {"head.attention.weight": (1, hidden), "head.attention.bias": (1,)}
+    for name, shape in shapes.items():
+        if tuple(tensors[name].shape) != shape or -1 in shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}; expected {shape} "
+                                  f"({n_classes} labels, hidden {hidden}, d_model {d_model})")
     for name, value in tensors.items():
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")

@@ -238,6 +238,7 @@ class Pipeline:
             "mean_batch": round(batch.windows / batch.batches, 2) if batch.batches else 0.0,
             "engine_busy_s": round(batch.busy_s, 3),
             "pending_windows": self.batcher.pending,
+            "batches_in_flight": self.batcher.in_flight,
             "publisher": self.publisher.stats(),
         }
 

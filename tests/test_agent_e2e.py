@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -156,3 +157,25 @@ def test_sigterm_finishes_in_flight_work_publishes_offline_and_exits_0(tmp_path:
     statuses = [p for topic, p, _ in _stream_payloads(sub) if topic == "status"]
     assert statuses[-1]["status"] == "ended" and statuses[-1]["detail"] == "agent stopping"
     sub.stop()
+
+
+def test_the_agent_writes_no_audio_to_disk(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Raw audio is never written unless the operator asks: a whole replay run (working directory, HOME and
+    TMPDIR all fresh) leaves exactly one new file, the MQTT spool, and it holds JSON messages only."""
+    audio, _ = _joined_stream(tmp_path)
+    config = _config(tmp_path, mosquitto, audio, realtime=False)
+    work, home, tmp = (tmp_path / name for name in ("work", "home", "tmp"))
+    for folder in (work, home, tmp):
+        folder.mkdir()
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    cache = os.environ.get("EDGE_SER_CACHE") or str(Path.home() / ".cache" / "edge-ser")  # the Whisper base
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "EDGE_SER_CACHE": cache}
+    proc = subprocess.run([sys.executable, "-m", "edge_ser", "run", "--config", str(config)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    created = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    spool = tmp_path / "spool.sqlite3"
+    assert {p for p in created if not p.name.startswith("spool.sqlite3")} == set(), created
+    with sqlite3.connect(spool) as db:
+        kinds = {kind for (kind,) in db.execute("SELECT DISTINCT kind FROM messages")}
+    assert kinds <= {"state", "event", "segment", "stream_status", "stats", "availability"}

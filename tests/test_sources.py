@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import soxr
 from pydantic import TypeAdapter, ValidationError
+from sinks import RecordingSink
 
 from edge_ser.audio import load_audio
 from edge_ser.sources import (
@@ -42,7 +43,6 @@ from edge_ser.sources.codecs import (
     encode_mulaw,
     encode_s16le,
 )
-from edge_ser.types import AudioBlock
 
 DATA = Path("/work/shared/data")
 CLIP = DATA / "ravdess/Actor_05/03-01-04-02-01-02-05.opus"  # 3.27 s
@@ -66,50 +66,6 @@ def short() -> np.ndarray:
     if not SHORT.exists():
         pytest.skip(f"real audio not available: {SHORT} is missing")
     return load_audio(SHORT)
-
-
-class RecordingSink:
-    """An AudioSink that keeps everything and lets a test wait for a stream's end."""
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.started: dict[str, dict[str, Any]] = {}
-        self.blocks: dict[str, list[AudioBlock]] = {}
-        self.ended: dict[str, tuple[str, bool]] = {}
-        self.events: list[tuple[str, str]] = []
-        self.delay_s = delay_s
-        self._ended_events: dict[str, asyncio.Event] = {}
-
-    def _event(self, stream_id: str) -> asyncio.Event:
-        return self._ended_events.setdefault(stream_id, asyncio.Event())
-
-    async def stream_started(self, stream_id: str, info: dict[str, Any]) -> None:
-        self.events.append(("started", stream_id))
-        self.started[stream_id] = info
-        self.blocks[stream_id] = []
-
-    async def audio(self, block: AudioBlock) -> None:
-        assert block.stream_id in self.started, "audio before stream_started"
-        self.blocks[block.stream_id].append(block)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-
-    async def stream_ended(self, stream_id: str, reason: str, error: bool) -> None:
-        self.events.append(("ended", stream_id))
-        self.ended[stream_id] = (reason, error)
-        self._event(stream_id).set()
-
-    async def wait_ended(self, stream_id: str) -> tuple[str, bool]:
-        await self._event(stream_id).wait()
-        return self.ended[stream_id]
-
-    def samples(self, stream_id: str) -> np.ndarray:
-        blocks = self.blocks.get(stream_id, [])
-        expected_t = 0.0
-        for b in blocks:  # t0 is stream-relative and continuous
-            assert b.samples.dtype == np.float32 and b.samples.ndim == 1
-            assert b.t0 == pytest.approx(expected_t, abs=1e-9)
-            expected_t = b.t1
-        return np.concatenate([b.samples for b in blocks]) if blocks else np.zeros(0, np.float32)
 
 
 def _rms(x: np.ndarray) -> float:

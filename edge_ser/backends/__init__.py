@@ -19,7 +19,10 @@ class Ct2EngineConfig(BaseModel):
     compute_type: Literal["int8", "int8_float32", "int8_float16", "float16", "float32"] = Field(
         "int8", description="CTranslate2 compute type; float16/int8_float16 need CUDA."
     )
-    intra_threads: int = Field(0, ge=0, le=256, description="Threads per inference (0: CTranslate2 decides).")
+    inter_threads: int = Field(0, ge=0, le=64, description="Batches encoded in parallel, each by its own "
+                                                           "replica (0: one per CPU core on a CPU, 1 on CUDA).")
+    intra_threads: int = Field(0, ge=0, le=256, description="Threads per batch (0: the cores divided among the "
+                                                            "parallel batches).")
 
 
 class TorchEngineConfig(BaseModel):
@@ -41,7 +44,7 @@ def make_engine(config: Ct2EngineConfig | TorchEngineConfig, model_dir: str | Pa
         from edge_ser.backends.ct2_backend import Ct2Engine
 
         return Ct2Engine(model_dir, base_dir, device=config.device, compute_type=config.compute_type,
-                         intra_threads=config.intra_threads)
+                         inter_threads=config.inter_threads, intra_threads=config.intra_threads)
     from edge_ser.backends.torch_backend import TorchEngine
 
     return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None)

@@ -46,11 +46,16 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 class Engine(ABC):
-    """An emotion model ready to score log-mel windows. Not thread-safe: one caller at a time."""
+    """An emotion model ready to score log-mel windows.
+
+    ``concurrency`` is how many ``infer`` calls may run at once from different threads (1: one caller at a
+    time); the batcher keeps that many batches in flight.
+    """
 
     meta: ModelMeta
     labels: tuple[str, ...]
     model_id: str
+    concurrency: int = 1
 
     @abstractmethod
     def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:

@@ -40,6 +40,7 @@ from edge_ser.publish.base import (
     resolve_threadsafe,
 )
 from edge_ser.publish.credentials import resolve_secret
+from edge_ser.publish.homeassistant import HomeAssistantConfig, discovery_messages
 from edge_ser.publish.spool import DropReporter, SendWindow, Spool
 from edge_ser.publish.topics import availability_topic, validate_id, validate_prefix
 
@@ -134,6 +135,8 @@ class MqttPublisherConfig(BaseModel):
     password_file: Path | None = Field(None, description="Path of a file holding the password.")
     tls: MqttTlsConfig | None = Field(None, description="TLS settings; None: plain TCP.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool settings.")
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
+                                                description="Home Assistant MQTT discovery of each stream.")
 
     @field_validator("prefix")
     @classmethod
@@ -171,6 +174,8 @@ class MqttPublisher(Publisher):
         self._config = config
         device = config.device_id or device_id
         self._encoder = MessageEncoder(config.prefix, device)
+        self._device = device
+        self._announced: set[str] = set()  # streams whose Home Assistant entities were announced this run
         self._availability = availability_topic(config.prefix, device)
         self._client_id = config.client_id or f"edge-ser-{device}"
         self._password = config.resolve_password()  # fail at start on a missing secret, not at connect
@@ -232,8 +237,24 @@ class MqttPublisher(Publisher):
             self._dropped_after_close += 1
             logger.debug("MQTT publisher closed; dropped %s message for %s", msg.kind, encoded.topic)
             return
+        if self._config.home_assistant.enabled and msg.kind == "stream_status" and msg.stream_id is not None:
+            self._announce(msg)
         self._submitted += 1
         self._inbox.put(("msg", encoded))
+
+    def _announce(self, msg: OutboundMessage) -> None:
+        """Home Assistant discovery for a stream coming online (once per stream and run), ahead of its status."""
+        assert msg.stream_id is not None
+        if msg.payload.get("status") != "online" or msg.stream_id in self._announced:
+            return
+        if len(self._announced) >= 4096:  # streams come and go (calls): re-announcing is harmless
+            self._announced.clear()
+        self._announced.add(msg.stream_id)
+        cfg = self._config
+        for discovery in discovery_messages(cfg.home_assistant, cfg.prefix, self._device, msg.stream_id,
+                                            str(msg.payload.get("model", "unknown"))):
+            self._submitted += 1
+            self._inbox.put(("msg", discovery))
 
     async def drain(self, timeout: float) -> bool:
         if self._thread is None or not self._thread.is_alive():

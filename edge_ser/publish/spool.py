@@ -6,7 +6,8 @@ restart: a new publisher opening the same file sends what the old one had not de
 consumers de-duplicate by the event id in the payload).
 
 The spool is bounded in messages and in bytes (topic + payload). When full it drops the oldest
-*latest-value* message (state, stats, stream status, availability: a newer one supersedes it anyway); only
+*latest-value* message (state, stats, stream status, availability, Home Assistant discovery: a newer one
+supersedes it anyway); only
 when none is left does it drop the oldest event or segment. An oversized message (bigger than the byte bound
 on its own) is dropped on arrival. Drops are returned to the caller, which counts and logs them.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from edge_ser.publish.base import EncodedMessage
 
-DROP_FIRST_KINDS: frozenset[str] = frozenset({"state", "stats", "stream_status", "availability"})
+DROP_FIRST_KINDS: frozenset[str] = frozenset({"state", "stats", "stream_status", "availability", "discovery"})
 """Latest-value kinds: dropped before any event or segment when the spool is full."""
 
 SCHEMA_VERSION = 1

@@ -35,6 +35,11 @@ class FileSourceConfig(SourceConfigBase):
     path: Path = Field(description="Audio file to replay (WAV, FLAC, Ogg/Opus, Ogg/Vorbis; any rate/channels).")
     realtime: bool = Field(True, description="Deliver audio at real-time pace (false: as fast as the "
                                              "pipeline accepts it).")
+    speed: float = Field(1.0, gt=0.0, le=1000.0, description="Pace multiplier when realtime: 10 delivers ten "
+                                                              "seconds of audio per wall-clock second (an "
+                                                              "accelerated replay for soak and fault tests).")
+    start_s: float = Field(0.0, ge=0.0, description="Begin the replay this many seconds into the file (stream "
+                                                    "time still starts at 0; a loop starts over at 0).")
     loop: bool = Field(False, description="Start over at the end of the file (stream time keeps counting).")
     block_s: float = Field(0.1, ge=0.01, le=2.0, description="Seconds of audio per delivered block.")
 
@@ -65,10 +70,10 @@ class FileSource(Source):
             await sink.stream_ended(cfg.id, str(exc), True)
             return
         description = (f"file {cfg.path} ({info['format']}, {info['sample_rate']} Hz, {info['channels']} ch, "
-                       f"{info['duration_s']:.1f} s{', realtime' if cfg.realtime else ''}"
+                       f"{info['duration_s']:.1f} s{self._pace()}"
                        f"{', loop' if cfg.loop else ''})")
         await sink.stream_started(cfg.id, {"source": "file", "description": description, **info,
-                                           "realtime": cfg.realtime, "loop": cfg.loop})
+                                           "realtime": cfg.realtime, "speed": cfg.speed, "loop": cfg.loop})
         try:
             await self._replay(sink)
         except AudioError as exc:
@@ -81,26 +86,38 @@ class FileSource(Source):
             return
         await sink.stream_ended(cfg.id, "end of file", False)
 
+    def _pace(self) -> str:
+        if not self.config.realtime:
+            return ""
+        return ", realtime" if self.config.speed == 1.0 else f", realtime x{self.config.speed:g}"
+
     async def _replay(self, sink: AudioSink) -> None:
         cfg = self.config
         per_trip = max(1, round(READ_AHEAD_S / cfg.block_s))
         emitted = 0  # samples delivered so far: the next block's t0 * SAMPLE_RATE
+        skip = round(cfg.start_s * SAMPLE_RATE)  # samples still to pass over before the first delivered one
         start = self._clock()
         while True:
             blocks = iter_audio_blocks(cfg.path, cfg.block_s)
             try:
                 while batch := await asyncio.to_thread(_take, blocks, per_trip):
                     for samples in batch:
+                        if skip:
+                            samples, skip = samples[skip:], max(0, skip - samples.size)
+                            if not samples.size:
+                                continue
                         block = AudioBlock(cfg.id, emitted / SAMPLE_RATE, samples)
                         emitted += samples.size
                         if cfg.realtime:
-                            await asyncio.sleep(max(0.0, start + block.t1 - self._clock()))
+                            await asyncio.sleep(max(0.0, start + block.t1 / cfg.speed - self._clock()))
                         else:
                             await asyncio.sleep(0)  # let other tasks run even if the sink never suspends
                         await sink.audio(block)
             finally:
                 with contextlib.suppress(ValueError):  # still running in a thread after a cancellation
                     blocks.close()
+            if skip:
+                raise AudioError(f"{cfg.path}: start_s {cfg.start_s:g} s is past the end of the file")
             if not cfg.loop:
                 return
             log.debug("file source %s: looping at t=%.2f s", cfg.id, emitted / SAMPLE_RATE)
