@@ -176,11 +176,32 @@ def load_audio(path: str | Path, max_seconds: float | None = DEFAULT_MAX_SECONDS
     return to_mono_16k(data, rate)
 
 
-def iter_audio_blocks(path: str | Path, block_s: float = 0.1) -> Iterator[np.ndarray]:
-    """Stream a file as 16 kHz mono float32 blocks of ``round(block_s * 16000)`` samples (the last shorter).
+def _seek(handle: sf.SoundFile, frame: int, name: str, start_s: float) -> None:
+    """Position ``handle`` at ``frame``: a seek where the format allows it, else read and discard."""
+    if handle.frames > 0 and frame >= handle.frames:
+        raise AudioError(f"{name}: start_s {start_s:g} s is past the end of the file "
+                         f"({handle.frames / handle.samplerate:.2f} s)")
+    try:
+        if handle.seekable():
+            handle.seek(frame)
+            return
+    except (sf.SoundFileError, RuntimeError):
+        pass
+    left = frame
+    while left > 0:
+        skipped = handle.read(min(left, 1 << 16), dtype="float32", always_2d=True).shape[0]
+        if skipped == 0:
+            raise AudioError(f"{name}: start_s {start_s:g} s is past the end of the file")
+        left -= skipped
+
+
+def iter_audio_blocks(path: str | Path, block_s: float = 0.1, start_s: float = 0.0) -> Iterator[np.ndarray]:
+    """Stream a file as 16 kHz mono float32 blocks of ``round(block_s * 16000)`` samples (the last shorter),
+    from ``start_s`` seconds in (a seek, not a decode of what comes before, where the format allows it).
 
     The file is read ``block_s`` at a time and resampled incrementally, so memory does not grow with its
-    length. Raises ``AudioError`` (naming the file) when it cannot be opened, is empty or holds NaN/inf.
+    length. Raises ``AudioError`` (naming the file) when it cannot be opened, is empty, holds NaN/inf, or
+    ends before ``start_s``.
     """
     if block_s <= 0:
         raise ValueError(f"block_s must be > 0 seconds, got {block_s}")
@@ -188,6 +209,8 @@ def iter_audio_blocks(path: str | Path, block_s: float = 0.1) -> Iterator[np.nda
     name = str(path)
     block_samples = max(1, round(block_s * SAMPLE_RATE))
     with _open(path) as handle:
+        if start_s > 0:
+            _seek(handle, round(start_s * handle.samplerate), name, start_s)
         resampler = MonoResampler(handle.samplerate)
         read_frames = max(1, round(block_s * handle.samplerate))
         pending = np.zeros(0, dtype=np.float32)
@@ -204,7 +227,8 @@ def iter_audio_blocks(path: str | Path, block_s: float = 0.1) -> Iterator[np.nda
                 clipped += int(np.count_nonzero(np.abs(data) >= CLIP_LEVEL))
                 total_in += data.shape[0]
             elif total_in == 0:
-                raise AudioError(f"{name}: contains no audio samples")
+                raise AudioError(f"{name}: contains no audio samples" + (f" after start_s {start_s:g} s"
+                                                                          if start_s > 0 else ""))
             out = resampler.process(downmix(data, name), last=last)
             pending = np.concatenate([pending, out]) if pending.size else out
             while pending.size >= block_samples:

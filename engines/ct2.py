@@ -4,8 +4,9 @@ encoder: Whisper's layers truncated to the ones the model reads, fine-tuned laye
 after that norm, so a truncated model computes the intermediate layer the emotion head was trained on).
 
 The decoder is cut to one layer (CTranslate2's Whisper loader needs one; it is never run). The folder
-carries ``engine.json`` naming the checkpoint's weights hash, the base's hash and the format, so a stale
-export is rebuilt, never silently used.
+carries ``engine.json`` naming the checkpoint's weights hash, the base it was cut from, the format and the
+sha256 of its own ``model.bin``, so a stale or damaged export is rebuilt, never silently used, and a
+prebuilt export for another model is refused.
 
     python -m engines.ct2 --model models/default --out /tmp/ct2-default
 """
@@ -72,7 +73,7 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path 
     for name in _SIDE_FILES:
         if (base / name).is_file():
             shutil.copyfile(base / name, tmp / name)
-    fingerprint = export_fingerprint(meta, base / "model.bin")
+    fingerprint = {**export_fingerprint(meta, base / "model.bin"), "model_bin_sha256": sha256_file(tmp / "model.bin")}
     (tmp / "engine.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -80,22 +81,57 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path 
     return out
 
 
+class ExportMismatchError(RuntimeError):
+    """An export folder belongs to another model, another base, or its model.bin is damaged."""
+
+
+def export_problem(folder: Path, meta: ModelMeta, base_model_bin: Path | None) -> str | None:
+    """Why ``folder`` is not a sound export of ``meta`` (None when it is): the file and the mismatch."""
+    engine_json = folder / "engine.json"
+    try:
+        found = json.loads(engine_json.read_text())
+    except FileNotFoundError:
+        return f"{engine_json} not found: not an edge-ser CTranslate2 export"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{engine_json} is unreadable ({exc})"
+    if not isinstance(found, dict):
+        return f"{engine_json} is not a JSON object"
+    wanted = export_fingerprint(meta, base_model_bin) if base_model_bin is not None else {
+        "format": EXPORT_FORMAT, "model_id": meta.model_id, "weights_sha256": meta.weights_sha256}
+    for key, value in wanted.items():
+        if found.get(key) != value:
+            return f"{engine_json}: {key} is {found.get(key)!r}, expected {value!r} for model {meta.model_id}"
+    model_bin = folder / "model.bin"
+    if not model_bin.is_file():
+        return f"{model_bin} not found"
+    digest = sha256_file(model_bin)
+    if digest != found.get("model_bin_sha256"):
+        return f"{model_bin}: sha256 {digest[:16]}... does not match engine.json: the file is damaged"
+    return None
+
+
 def ensure_ct2_export(model_dir: str | Path, base_dir: str | Path | None = None) -> Path:
-    """The cached export for this checkpoint, rebuilt when missing or stale."""
+    """The cached export for this checkpoint, rebuilt (with a warning naming why) when missing, stale or
+    damaged: a cached engine that does not match is never used."""
     meta, _ = load_checkpoint(model_dir)
     base = resolve_base(base_dir)
     out = cache_root() / "ct2" / f"{meta.model_id}-{meta.weights_sha256[:16]}"
-    wanted = export_fingerprint(meta, base / "model.bin")
-    engine_json = out / "engine.json"
-    if engine_json.is_file():
-        try:
-            found = json.loads(engine_json.read_text())
-        except json.JSONDecodeError:
-            found = None
-        if found == wanted and (out / "model.bin").is_file():
+    if (out / "engine.json").is_file():
+        problem = export_problem(out, meta, base / "model.bin")
+        if problem is None:
             return out
-        log.warning("CTranslate2 export %s is stale or damaged (%s); rebuilding", out, engine_json)
+        log.warning("CTranslate2 export %s rebuilt: %s", out, problem)
     return export_ct2(model_dir, out, base)
+
+
+def check_export(folder: str | Path, model_dir: str | Path) -> Path:
+    """An export given explicitly (``export_dir``): used only if it was built from this model, else
+    ``ExportMismatchError`` naming the file and the mismatch (no silent fallback)."""
+    meta, _ = load_checkpoint(model_dir)
+    problem = export_problem(Path(folder), meta, None)
+    if problem is not None:
+        raise ExportMismatchError(f"CTranslate2 export {folder} cannot serve {model_dir}: {problem}")
+    return Path(folder)
 
 
 def base_checksum(base_dir: str | Path | None = None) -> str:

@@ -159,6 +159,25 @@ def test_file_realtime_replay_runs_at_wall_speed(short: np.ndarray, tmp_path: Pa
     assert elapsed >= 0.9, f"1 s of audio replayed in {elapsed:.2f} s"
 
 
+def test_file_replay_speed_and_start_offset(short: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "one_second.wav"
+    sf.write(path, short[:16000], 16000)
+    sink = RecordingSink()
+    began = time.monotonic()
+    run(FileSource(FileSourceConfig(id="fast", path=path, realtime=True, speed=4.0, start_s=0.25,
+                                    block_s=0.1)).run(sink))
+    elapsed = time.monotonic() - began
+    got = sink.samples("fast")
+    np.testing.assert_allclose(got, short[4000:16000], atol=1e-4)  # from 0.25 s on; stream time starts at 0
+    assert 0.15 <= elapsed < 0.6, f"0.75 s of audio at x4 took {elapsed:.2f} s"
+    assert "realtime x4" in sink.started["fast"]["description"]
+
+    late = RecordingSink()
+    run(FileSource(FileSourceConfig(id="late", path=path, realtime=False, start_s=5.0)).run(late))
+    reason, error = late.ended["late"]
+    assert error and "start_s 5 s is past the end of the file" in reason and late.samples("late").size == 0
+
+
 def test_file_replay_of_44k1_stereo(clip: np.ndarray, tmp_path: Path) -> None:
     path = tmp_path / "stereo.flac"
     up = soxr.resample(clip, 16000, 44100)
@@ -614,3 +633,59 @@ def test_microphone_path_through_a_virtual_alsa_device(clip: np.ndarray, tmp_pat
     assert (result["gaps"] > 0) == (result["stats"]["overflows"] > 0)
     captured = np.fromfile(out, dtype="<f4")
     np.testing.assert_array_equal(captured[:1600], speech[:1600])  # the first block is the clip, bit for bit
+
+
+_HOTPLUG_SCRIPT = """
+import asyncio, json, sys
+from pathlib import Path
+from edge_ser.sources.mic import MicSource, MicSourceConfig
+
+class Sink:
+    def __init__(self): self.blocks, self.events = [], []
+    async def stream_started(self, sid, info): self.events.append(["started", sid])
+    async def audio(self, block): self.blocks.append(block)
+    async def stream_ended(self, sid, reason, error): self.events.append(["ended", reason, error])
+
+async def main():
+    sink = Sink()
+    source = MicSource(MicSourceConfig(id="mic", device="edgesertest", sample_rate=16000, queue_blocks=20,
+                                       retry_min_s=0.1, retry_max_s=0.2))
+    task = asyncio.create_task(source.run(sink))
+    while not sink.events:  # unplugged: the first open fails and is reported
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # a few retries while it is still missing
+    Path(sys.argv[1]).write_text(sys.argv[2])  # plugged in: the device appears in ALSA's configuration
+    for _ in range(100):
+        if len(sink.blocks) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    print(json.dumps({"events": sink.events, "blocks": len(sink.blocks), "stats": source.stats()}))
+
+asyncio.run(main())
+"""
+
+
+def test_microphone_that_appears_later_is_picked_up(clip: np.ndarray, tmp_path: Path) -> None:
+    """Hot-plug: the device does not exist when the agent starts (reported once, retried with backoff), then
+    appears (a virtual ALSA capture device is added to ~/.asoundrc); the next retry rescans PortAudio's
+    device list and the stream starts, with no restart of the agent."""
+    if not Path("/usr/share/alsa/alsa.conf").exists():
+        pytest.skip("ALSA configuration (/usr/share/alsa/alsa.conf) not installed")
+    raw = tmp_path / "clip.f32"
+    clip.astype("<f4").tofile(raw)
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _HOTPLUG_SCRIPT, str(tmp_path / ".asoundrc"), _ASOUNDRC % raw],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["blocks"] == 0 and "edgesertest" in proc.stderr and result["stats"]["open_failures"] > 5:
+        pytest.skip("PortAudio does not list the virtual ALSA device on this machine (even after a rescan)")
+    first, *rest = result["events"]
+    assert first[0] == "ended" and first[2] is True and "edgesertest" in first[1]
+    assert rest == [["started", "mic"]], result["events"]
+    assert result["blocks"] >= 5 and result["stats"]["open_failures"] >= 2

@@ -19,6 +19,12 @@ class Ct2EngineConfig(BaseModel):
     compute_type: Literal["int8", "int8_float32", "int8_float16", "float16", "float32"] = Field(
         "int8", description="CTranslate2 compute type; float16/int8_float16 need CUDA."
     )
+    fallback_compute_type: Literal["int8", "int8_float32", "float32"] | None = Field(
+        None, description="Used, with a warning, when compute_type is not supported on this device (e.g. float16 "
+                          "on a CPU); None: refuse to start instead."
+    )
+    export_dir: Path | None = Field(None, description="A prebuilt export (python -m engines.ct2); it must have been "
+                                                      "built from this model. None: built and cached on first use.")
     inter_threads: int = Field(0, ge=0, le=64, description="Batches encoded in parallel, each by its own "
                                                            "replica (0: one per CPU core on a CPU, 1 on CUDA).")
     intra_threads: int = Field(0, ge=0, le=256, description="Threads per batch (0: the cores divided among the "
@@ -44,7 +50,8 @@ def make_engine(config: Ct2EngineConfig | TorchEngineConfig, model_dir: str | Pa
         from edge_ser.backends.ct2_backend import Ct2Engine
 
         return Ct2Engine(model_dir, base_dir, device=config.device, compute_type=config.compute_type,
-                         inter_threads=config.inter_threads, intra_threads=config.intra_threads)
+                         inter_threads=config.inter_threads, intra_threads=config.intra_threads,
+                         export_dir=config.export_dir, fallback_compute_type=config.fallback_compute_type)
     from edge_ser.backends.torch_backend import TorchEngine
 
     return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None)

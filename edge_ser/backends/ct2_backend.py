@@ -45,19 +45,23 @@ class Ct2Engine(Engine):
 
     def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, device: str = "cpu",
                  compute_type: str = "int8", intra_threads: int = 0, export_dir: str | Path | None = None,
-                 inter_threads: int = 0) -> None:
+                 inter_threads: int = 0, fallback_compute_type: str | None = None) -> None:
         import ctranslate2
 
-        from engines.ct2 import ensure_ct2_export
+        from engines.ct2 import check_export, ensure_ct2_export
 
         meta, tensors = load_checkpoint(model_dir)
         supported = ctranslate2.get_supported_compute_types(device)
         if compute_type not in supported:
-            raise RuntimeError(
-                f"ctranslate2 backend: compute type {compute_type!r} is not supported on {device!r} "
-                f"(supported here: {sorted(supported)})"
-            )
-        folder = Path(export_dir) if export_dir else ensure_ct2_export(model_dir, base_dir)
+            problem = (f"ctranslate2 backend: compute type {compute_type!r} is not supported on {device!r} "
+                       f"(supported here: {sorted(supported)})")
+            if fallback_compute_type is None or fallback_compute_type not in supported:
+                raise RuntimeError(problem + ("" if fallback_compute_type is None else
+                                              f"; nor is the fallback {fallback_compute_type!r}"))
+            log.warning("%s; using the configured fallback %r", problem, fallback_compute_type)
+            compute_type = fallback_compute_type
+        self.compute_type = compute_type
+        folder = check_export(export_dir, model_dir) if export_dir else ensure_ct2_export(model_dir, base_dir)
         self._ct2 = ctranslate2
         inter, intra = thread_plan(device, inter_threads, intra_threads)
         self.whisper = ctranslate2.models.Whisper(

@@ -95,17 +95,14 @@ class FileSource(Source):
         cfg = self.config
         per_trip = max(1, round(READ_AHEAD_S / cfg.block_s))
         emitted = 0  # samples delivered so far: the next block's t0 * SAMPLE_RATE
-        skip = round(cfg.start_s * SAMPLE_RATE)  # samples still to pass over before the first delivered one
+        start_s = cfg.start_s  # the first pass only; a loop starts over at 0
         start = self._clock()
         while True:
-            blocks = iter_audio_blocks(cfg.path, cfg.block_s)
+            blocks = iter_audio_blocks(cfg.path, cfg.block_s, start_s)
+            start_s = 0.0
             try:
                 while batch := await asyncio.to_thread(_take, blocks, per_trip):
                     for samples in batch:
-                        if skip:
-                            samples, skip = samples[skip:], max(0, skip - samples.size)
-                            if not samples.size:
-                                continue
                         block = AudioBlock(cfg.id, emitted / SAMPLE_RATE, samples)
                         emitted += samples.size
                         if cfg.realtime:
@@ -116,8 +113,6 @@ class FileSource(Source):
             finally:
                 with contextlib.suppress(ValueError):  # still running in a thread after a cancellation
                     blocks.close()
-            if skip:
-                raise AudioError(f"{cfg.path}: start_s {cfg.start_s:g} s is past the end of the file")
             if not cfg.loop:
                 return
             log.debug("file source %s: looping at t=%.2f s", cfg.id, emitted / SAMPLE_RATE)
