@@ -3,48 +3,24 @@ shipped model on real clips of every corpus; stale exports are rebuilt; unsuppor
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from edge_ser.audio import load_audio
-from edge_ser.features import log_mel
+from realdata import real_windows
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 MODEL = ROOT / "models" / "default"
-FOUR = ("neutral", "happy", "sad", "angry")
 pytestmark = pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="no trained model in models/default")
-
-
-def _real_windows(per_corpus: int = 6) -> list[np.ndarray]:
-    """2 s (or shorter) windows of real speech, a few per corpus and label, in a fixed order."""
-    manifest = DATA / "manifest.csv"
-    if not manifest.is_file():
-        pytest.skip(f"{manifest} not available")
-    rows = list(csv.DictReader(manifest.open()))
-    picked: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        group = picked.setdefault(row["corpus"], [])
-        same_label = sum(r["emotion"] == row["emotion"] for r in group)
-        if row["emotion"] in FOUR and len(group) < per_corpus and same_label < 2:
-            group.append(row)
-    mels = []
-    for row in (r for group in picked.values() for r in group):
-        audio = load_audio(DATA / row["path"])[:32_000]
-        mels.append(log_mel(audio[: len(audio) // 320 * 320]))
-    return mels
 
 
 @pytest.fixture(scope="module")
 def reference() -> tuple[list[np.ndarray], list[np.ndarray]]:
     from edge_ser.backends.torch_backend import TorchEngine
 
-    mels = _real_windows()
+    mels = real_windows()
     engine = TorchEngine(MODEL)
     return mels, [s.clip_probs() for s in engine.infer(mels)]
 

@@ -33,7 +33,11 @@ def test_torch_encoder_matches_ctranslate2_float32(clip: Path) -> None:
         ours = norm(encoder(torch.from_numpy(mel)[None])).numpy()
     assert ours.shape == reference.shape == (1, mel.shape[1] // 2, 512)
     scale = np.abs(reference).max()
-    assert np.abs(ours - reference).max() / scale < 1e-4
+    worst, typical = np.abs(ours - reference).max() / scale, np.abs(ours - reference).mean() / scale
+    print(f"{clip.name}: max |diff| {worst:.2e}, mean |diff| {typical:.2e} of the largest activation")
+    # float32 through 6 layers: the GEMM library (MKL on Intel, oneDNN on AMD) sets the rounding; measured
+    # 1.1e-4 max / ~1e-7 mean on AMD EPYC, < 1e-4 on Intel Xeon. A wrong weight or op is orders above this.
+    assert worst < 5e-4 and typical < 1e-5
 
 
 def test_odd_frame_counts_are_refused() -> None:

@@ -40,12 +40,27 @@ class TorchEngineConfig(BaseModel):
     threads: int = Field(0, ge=0, le=256, description="torch.set_num_threads (0: leave torch's default).")
 
 
-EngineConfig = Annotated[Ct2EngineConfig | TorchEngineConfig, Field(discriminator="type")]
+class TrtEngineConfig(BaseModel):
+    """TensorRT through torch-tensorrt (NVIDIA GPU; the [gpu] extra). Not yet run on a GPU: see trt_backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["tensorrt"] = Field("tensorrt", description="Backend key.")
+    precision: Literal["float16", "float32"] = Field("float16", description="TensorRT precision.")
+    max_batch: int = Field(32, ge=1, le=256, description="Largest batch the engine is compiled for.")
+    max_window_s: float = Field(8.0, gt=0.2, le=30.0, description="Longest window the engine is compiled for.")
 
 
-def make_engine(config: Ct2EngineConfig | TorchEngineConfig, model_dir: str | Path,
+EngineConfig = Annotated[Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, Field(discriminator="type")]
+
+
+def make_engine(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, model_dir: str | Path,
                 base_dir: str | Path | None = None) -> Engine:
     """Build the configured backend; its module (and native library) is imported only now."""
+    if isinstance(config, TrtEngineConfig):
+        from edge_ser.backends.trt_backend import TrtEngine
+
+        return TrtEngine(model_dir, base_dir, precision=config.precision, max_batch=config.max_batch,
+                         max_window_s=config.max_window_s)
     if isinstance(config, Ct2EngineConfig):
         from edge_ser.backends.ct2_backend import Ct2Engine
 
@@ -57,4 +72,5 @@ def make_engine(config: Ct2EngineConfig | TorchEngineConfig, model_dir: str | Pa
     return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None)
 
 
-__all__ = ["Ct2EngineConfig", "Engine", "EngineConfig", "FrameScores", "TorchEngineConfig", "make_engine", "softmax"]
+__all__ = ["Ct2EngineConfig", "Engine", "EngineConfig", "FrameScores", "TorchEngineConfig", "TrtEngineConfig",
+           "make_engine", "softmax"]
