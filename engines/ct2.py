@@ -104,6 +104,8 @@ def export_problem(folder: Path, meta: ModelMeta, base_model_bin: Path | None) -
     model_bin = folder / "model.bin"
     if not model_bin.is_file():
         return f"{model_bin} not found"
+    if "model_bin_sha256" not in found:
+        return f"{engine_json} has no model.bin checksum (an export from before edge-ser recorded one)"
     digest = sha256_file(model_bin)
     if digest != found.get("model_bin_sha256"):
         return f"{model_bin}: sha256 {digest[:16]}... does not match engine.json: the file is damaged"

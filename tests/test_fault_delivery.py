@@ -63,8 +63,9 @@ def _ten_minutes_of_speech(path: Path) -> float:
 
 def _start_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edge_ser", "run", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "edge_ser", "run", "--config", str(config)], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _run_id(payload: dict) -> str:
