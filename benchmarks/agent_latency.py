@@ -18,10 +18,8 @@ included and excluded), so the cost of everything around the encoder is visible.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +29,10 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
+from loopback import LoopbackBroker
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def encoder_capacity(seconds: float = 8.0) -> dict[str, float]:
@@ -81,70 +72,47 @@ def encoder_capacity(seconds: float = 8.0) -> dict[str, float]:
 
 
 def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[str, float]:
-    port = free_port()
-    conf = workdir / f"mosquitto-{n}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    f"max_queued_messages 100000\nuser {os.environ.get('USER', 'root')}\n")
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    arrivals: list[tuple[float, dict]] = []
-    lock = threading.Lock()
-
-    def on_message(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        now = time.time()
-        with lock:
-            arrivals.append((now, json.loads(msg.payload)))
-
-    sub = paho.Client(CallbackAPIVersion.VERSION2)
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", port)
-    sub.subscribe("bench/+/+/state", qos=1)
-    sub.subscribe("bench/+/+/status", qos=1)
-    sub.loop_start()
-    config = {
-        "device_id": "bench",
-        "vad": {"end_hangover_ms": 1000},
-        "batching": {"max_batch": 64, "max_wait_ms": 30},
-        "sources": [{"type": "file", "id": f"s{i}", "path": str(ROOT / "examples" / "emodb_shifts.opus"),
-                     "realtime": True, "loop": True, "start_s": round(i * 28.0 / n, 2)} for i in range(n)],
-        "publisher": {"type": "mqtt", "host": "127.0.0.1", "port": port, "prefix": "bench",
-                      "spool": {"path": str(workdir / f"spool-{n}.sqlite3")}},
-        "stats": {"interval_s": 5},
-    }
-    cfg_path = workdir / f"agent-{n}.yaml"
-    cfg_path.write_text(yaml.safe_dump(config))
-    agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
-                              str(cfg_path)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    rss_peak = 0
-    deadline = time.time() + duration + 15  # model load + warm-up
-    while time.time() < deadline and agent.poll() is None:
-        time.sleep(1.0)
+    with LoopbackBroker(workdir, ["bench/+/+/state", "bench/+/+/status"]) as broker:
+        config = {
+            "device_id": "bench",
+            "vad": {"end_hangover_ms": 1000},
+            "batching": {"max_batch": 64, "max_wait_ms": 30},
+            "sources": [{"type": "file", "id": f"s{i}", "path": str(ROOT / "examples" / "emodb_shifts.opus"),
+                         "realtime": True, "loop": True, "start_s": round(i * 28.0 / n, 2)} for i in range(n)],
+            "publisher": {"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "prefix": "bench",
+                          "spool": {"path": str(workdir / f"spool-{n}.sqlite3")}},
+            "stats": {"interval_s": 5},
+        }
+        cfg_path = workdir / f"agent-{n}.yaml"
+        cfg_path.write_text(yaml.safe_dump(config))
+        agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
+                                  str(cfg_path)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        rss_peak = 0
+        deadline = time.time() + duration + 15  # model load + warm-up
+        while time.time() < deadline and agent.poll() is None:
+            time.sleep(1.0)
+            try:
+                status = Path(f"/proc/{agent.pid}/status").read_text()
+                rss_peak = max(rss_peak, int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]))
+            except (OSError, StopIteration):
+                pass
+        agent.terminate()
         try:
-            status = Path(f"/proc/{agent.pid}/status").read_text()
-            rss_peak = max(rss_peak, int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]))
-        except (OSError, StopIteration):
-            pass
-    agent.terminate()
-    try:
-        _, err = agent.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        agent.kill()
-        _, err = agent.communicate()
-        err += b"\n(agent did not stop within 30 s of SIGTERM and was killed)"
-    sub.loop_stop()
-    sub.disconnect()
-    broker.terminate()
-    broker.wait()
+            _, err = agent.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            _, err = agent.communicate()
+            err += b"\n(agent did not stop within 30 s of SIGTERM and was killed)"
+        arrivals = broker.arrivals
     starts: dict[str, float] = {}
     latencies: list[float] = []
-    with lock:
-        for _, p in arrivals:
-            if p["type"] == "stream_status" and p["status"] == "online":
-                starts[p["stream_id"]] = datetime.fromisoformat(p["ts"].replace("Z", "+00:00")).timestamp()
-        for now, p in arrivals:
-            measurable = p["type"] == "state" and p["window_end"] is not None and p["stream_id"] in starts
-            if measurable and p["window_end"] >= warmup:
-                latencies.append(now - (starts[p["stream_id"]] + p["window_end"]))
+    for _, p in arrivals:
+        if p["type"] == "stream_status" and p["status"] == "online":
+            starts[p["stream_id"]] = datetime.fromisoformat(p["ts"].replace("Z", "+00:00")).timestamp()
+    for now, p in arrivals:
+        measurable = p["type"] == "state" and p["window_end"] is not None and p["stream_id"] in starts
+        if measurable and p["window_end"] >= warmup:
+            latencies.append(now - (starts[p["stream_id"]] + p["window_end"]))
     if not latencies:
         raise RuntimeError(f"no states measured for {n} streams; agent stderr:\n{err.decode()[-2000:]}")
     lat = np.array(latencies)

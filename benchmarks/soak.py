@@ -16,31 +16,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import soundfile as sf
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
+from loopback import LoopbackBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_speech(path: Path, seconds: float) -> float:
@@ -89,61 +79,38 @@ def main() -> int:
         tmp = Path(tmp_name)
         speech = tmp / "speech.flac"
         speech_s = build_speech(speech, args.speech_minutes * 60)
-        port = free_port()
-        (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                                            f"user {os.environ.get('USER', 'root')}\n")
-        broker = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-        arrivals: list[tuple[float, dict]] = []
-        lock = threading.Lock()
-
-        def on_message(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-            now = time.time()
-            with lock:
-                arrivals.append((now, json.loads(msg.payload)))
-
-        sub = paho.Client(CallbackAPIVersion.VERSION2)
-        sub.on_message = on_message
-        sub.connect("127.0.0.1", port)
-        for kind in ("state", "status", "event"):
-            sub.subscribe(f"soak/+/+/{kind}", qos=1)
-        sub.subscribe("soak/+/stats", qos=1)
-        sub.loop_start()
-        config = {
-            "device_id": "soak",
-            "sources": [{"type": "file", "id": f"s{i}", "path": str(speech), "realtime": True, "speed": args.speed,
-                         "loop": True, "start_s": round(i * speech_s / args.streams, 2)}
-                        for i in range(args.streams)],
-            "publisher": {"type": "mqtt", "host": "127.0.0.1", "port": port, "prefix": "soak",
-                          "spool": {"path": str(tmp / "spool.sqlite3")}},
-            "stats": {"interval_s": args.sample_s},
-        }
-        (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
-        agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
-                                  str(tmp / "agent.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                 stderr=(tmp / "agent.log").open("wb"))
-        start = time.time()
-        samples: list[tuple[float, float]] = []
-        print(f"{args.streams} streams of a {speech_s / 60:.1f}-minute real-speech loop at x{args.speed:g} for "
-              f"{args.minutes:g} minutes (RSS every {args.sample_s:g} s)", flush=True)
-        try:
-            while time.time() - start < args.minutes * 60 and agent.poll() is None:
-                time.sleep(min(args.sample_s, args.minutes * 60 - (time.time() - start)))
-                if agent.poll() is None:
-                    samples.append((time.time() - start, rss_mb(agent.pid)))
-                    print(f"  {samples[-1][0] / 60:5.1f} min  RSS {samples[-1][1]:7.1f} MB", flush=True)
-        finally:
-            agent.terminate()
-            agent.wait(60)
-            sub.loop_stop()
-            sub.disconnect()
-            broker.terminate()
-            broker.wait()
-        if agent.returncode != 0:
-            print((tmp / "agent.log").read_text()[-3000:], file=sys.stderr)
-            return 1
-    return report(args, start, samples, arrivals)
+        topics = [f"soak/+/+/{kind}" for kind in ("state", "status", "event")] + ["soak/+/stats"]
+        with LoopbackBroker(tmp, topics) as broker:
+            config = {
+                "device_id": "soak",
+                "sources": [{"type": "file", "id": f"s{i}", "path": str(speech), "realtime": True, "speed": args.speed,
+                             "loop": True, "start_s": round(i * speech_s / args.streams, 2)}
+                            for i in range(args.streams)],
+                "publisher": {"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "prefix": "soak",
+                              "spool": {"path": str(tmp / "spool.sqlite3")}},
+                "stats": {"interval_s": args.sample_s},
+            }
+            (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
+            agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
+                                      str(tmp / "agent.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=(tmp / "agent.log").open("wb"))
+            start = time.time()
+            samples: list[tuple[float, float]] = []
+            print(f"{args.streams} streams of a {speech_s / 60:.1f}-minute real-speech loop at x{args.speed:g} for "
+                  f"{args.minutes:g} minutes (RSS every {args.sample_s:g} s)", flush=True)
+            try:
+                while time.time() - start < args.minutes * 60 and agent.poll() is None:
+                    time.sleep(min(args.sample_s, args.minutes * 60 - (time.time() - start)))
+                    if agent.poll() is None:
+                        samples.append((time.time() - start, rss_mb(agent.pid)))
+                        print(f"  {samples[-1][0] / 60:5.1f} min  RSS {samples[-1][1]:7.1f} MB", flush=True)
+            finally:
+                agent.terminate()
+                agent.wait(60)
+            if agent.returncode != 0:
+                print((tmp / "agent.log").read_text()[-3000:], file=sys.stderr)
+                return 1
+    return report(args, start, samples, broker.arrivals)
 
 
 def report(args: argparse.Namespace, start: float, samples: list[tuple[float, float]],

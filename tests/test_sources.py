@@ -576,16 +576,19 @@ _ASOUNDRC = """pcm.edgesertest {
 }
 """
 
-_MIC_SCRIPT = """
-import asyncio, json, sys
-import numpy as np
-from edge_ser.sources.mic import MicSource, MicSourceConfig, list_devices
-
+_SUBPROCESS_SINK = """
+# An AudioSink that keeps what a source delivers (the scripts below run in a subprocess with its own HOME).
 class Sink:
     def __init__(self): self.blocks, self.events = [], []
     async def stream_started(self, sid, info): self.events.append(["started", sid])
     async def audio(self, block): self.blocks.append(block)
     async def stream_ended(self, sid, reason, error): self.events.append(["ended", reason, error])
+"""
+
+_MIC_SCRIPT = _SUBPROCESS_SINK + """
+import asyncio, json, sys
+import numpy as np
+from edge_ser.sources.mic import MicSource, MicSourceConfig, list_devices
 
 async def main():
     sink = Sink()
@@ -635,16 +638,10 @@ def test_microphone_path_through_a_virtual_alsa_device(clip: np.ndarray, tmp_pat
     np.testing.assert_array_equal(captured[:1600], speech[:1600])  # the first block is the clip, bit for bit
 
 
-_HOTPLUG_SCRIPT = """
+_HOTPLUG_SCRIPT = _SUBPROCESS_SINK + """
 import asyncio, json, sys
 from pathlib import Path
 from edge_ser.sources.mic import MicSource, MicSourceConfig
-
-class Sink:
-    def __init__(self): self.blocks, self.events = [], []
-    async def stream_started(self, sid, info): self.events.append(["started", sid])
-    async def audio(self, block): self.blocks.append(block)
-    async def stream_ended(self, sid, reason, error): self.events.append(["ended", reason, error])
 
 async def main():
     sink = Sink()
