@@ -18,6 +18,7 @@ included and excluded), so the cost of everything around the encoder is visible.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from loopback import LoopbackBroker
+from loopback import LoopbackBroker, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,15 +88,12 @@ def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[s
         cfg_path.write_text(yaml.safe_dump(config))
         agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
                                   str(cfg_path)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        rss_peak = 0
+        rss_peak = 0.0
         deadline = time.time() + duration + 15  # model load + warm-up
         while time.time() < deadline and agent.poll() is None:
             time.sleep(1.0)
-            try:
-                status = Path(f"/proc/{agent.pid}/status").read_text()
-                rss_peak = max(rss_peak, int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]))
-            except (OSError, StopIteration):
-                pass
+            with contextlib.suppress(OSError, StopIteration):  # the agent may have just exited
+                rss_peak = max(rss_peak, rss_mb(agent.pid))
         agent.terminate()
         try:
             _, err = agent.communicate(timeout=30)
@@ -117,7 +115,7 @@ def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[s
         raise RuntimeError(f"no states measured for {n} streams; agent stderr:\n{err.decode()[-2000:]}")
     lat = np.array(latencies)
     return {"streams": n, "states": len(lat), "p50_ms": float(np.percentile(lat, 50) * 1000),
-            "p99_ms": float(np.percentile(lat, 99) * 1000), "rss_peak_mb": rss_peak / 1024}
+            "p99_ms": float(np.percentile(lat, 99) * 1000), "rss_peak_mb": rss_peak}
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
+from loopback import rss_mb
 
 from edge_ser.audio import AudioError, describe_file, load_audio
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, sha256_bytes
@@ -99,11 +100,6 @@ class Target:
                 self.crashes.append(traceback.format_exc(limit=3))
         else:
             self.ok += 1
-
-
-def rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
-from loopback import LoopbackBroker
+from loopback import LoopbackBroker, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -55,11 +55,6 @@ def build_speech(path: Path, seconds: float) -> float:
             total += 0.3 + audio.size / 16_000
     sf.write(path, np.concatenate(pieces), 16_000, format="FLAC")
     return total
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
 
 
 def main() -> int:

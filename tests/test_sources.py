@@ -583,6 +583,13 @@ class Sink:
     async def stream_started(self, sid, info): self.events.append(["started", sid])
     async def audio(self, block): self.blocks.append(block)
     async def stream_ended(self, sid, reason, error): self.events.append(["ended", reason, error])
+
+async def stop(task):  # cancel the source's task and wait for it
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
 """
 
 _MIC_SCRIPT = _SUBPROCESS_SINK + """
@@ -596,11 +603,7 @@ async def main():
     task = asyncio.create_task(source.run(sink))
     for _ in range(10):  # the loop keeps ticking although the device delivers far faster than real time
         await asyncio.sleep(0.05)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    await stop(task)
     np.concatenate([b.samples for b in sink.blocks[:20]]).astype("<f4").tofile(sys.argv[1])
     t0s = [b.t0 for b in sink.blocks]
     ordered = all(b.t0 >= a.t1 - 1e-9 for a, b in zip(sink.blocks, sink.blocks[1:]))
@@ -656,11 +659,7 @@ async def main():
         if len(sink.blocks) >= 5:
             break
         await asyncio.sleep(0.05)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    await stop(task)
     print(json.dumps({"events": sink.events, "blocks": len(sink.blocks), "stats": source.stats()}))
 
 asyncio.run(main())
