@@ -126,13 +126,12 @@ def ensure_ct2_export(model_dir: str | Path, base_dir: str | Path | None = None)
     return export_ct2(model_dir, out, base)
 
 
-def check_export(folder: str | Path, model_dir: str | Path) -> Path:
-    """An export given explicitly (``export_dir``): used only if it was built from this model, else
-    ``ExportMismatchError`` naming the file and the mismatch (no silent fallback)."""
-    meta, _ = load_checkpoint(model_dir)
+def check_export(folder: str | Path, meta: ModelMeta) -> Path:
+    """An export given explicitly (``export_dir``): used only if it was built from the model ``meta``
+    describes, else ``ExportMismatchError`` naming the file and the mismatch (no silent fallback)."""
     problem = export_problem(Path(folder), meta, None)
     if problem is not None:
-        raise ExportMismatchError(f"CTranslate2 export {folder} cannot serve {model_dir}: {problem}")
+        raise ExportMismatchError(f"CTranslate2 export {folder} cannot serve model {meta.model_id}: {problem}")
     return Path(folder)
 
 

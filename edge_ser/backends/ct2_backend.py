@@ -61,7 +61,7 @@ class Ct2Engine(Engine):
             log.warning("%s; using the configured fallback %r", problem, fallback_compute_type)
             compute_type = fallback_compute_type
         self.compute_type = compute_type
-        folder = check_export(export_dir, model_dir) if export_dir else ensure_ct2_export(model_dir, base_dir)
+        folder = check_export(export_dir, meta) if export_dir else ensure_ct2_export(model_dir, base_dir)
         self._ct2 = ctranslate2
         inter, intra = thread_plan(device, inter_threads, intra_threads)
         self.whisper = ctranslate2.models.Whisper(
