@@ -8,7 +8,7 @@ the real-time factor (compute / audio), windows per second and peak memory: the 
 (``VmHWM``, reset before each setting) on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
 
 Each backend x compute type runs in its own subprocess, so its memory figure holds only that engine. The
-same run measures the limit: a large GEMM's achieved GFLOP/s in the matching precision (float32: numpy
+same run measures the limit, before every case and after the last (the median counts): a large GEMM's achieved GFLOP/s in the matching precision (float32: numpy
 sgemm and torch.matmul, the faster counts; int8 on the CPU: ``torch._int_mm``, int8 x int8 -> int32, since
 CTranslate2 has no Python GEMM API; else numpy's int32-accumulating matmul; CUDA: torch.matmul in the
 dtype). The FLOPs of one window are counted analytically (conv1, conv2, per layer qkv / attention / out /
@@ -18,6 +18,8 @@ fraction of the measured limit each engine reaches.
     python benchmarks/engine_throughput.py            # the full grid (minutes)
     python benchmarks/engine_throughput.py --quick    # 1 and 2 s windows, batches 1 and 8, small GEMMs
     python benchmarks/engine_throughput.py --cases ctranslate2:int8:cpu --windows 2 --json out.json
+    # CTranslate2's ISA side by side: auto (AVX512 where present) vs CTranslate2's own choice
+    python benchmarks/engine_throughput.py --cases ctranslate2:int8:cpu,ctranslate2:int8:cpu:ctranslate2 --windows 2
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ WINDOWS_S = (1.0, 2.0, 4.0, 8.0)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 # whisper-base's encoder geometry (the shipped model's base; checked against model.json at start).
 N_MELS, D_MODEL, D_FFN = 80, 512, 2048
-CPU_CASES = ("ctranslate2:int8:cpu", "ctranslate2:int8_float32:cpu", "ctranslate2:float32:cpu", "torch:float32:cpu")
+CPU_CASES = ("ctranslate2:int8:cpu", "ctranslate2:int8:cpu:ctranslate2", "ctranslate2:int8_float32:cpu",
+             "ctranslate2:float32:cpu", "torch:float32:cpu")
+CPU_ISAS = ("auto", "ctranslate2", "AVX512", "AVX2", "AVX", "GENERIC")
 CUDA_CASES = ("torch:float32:cuda", "torch:float16:cuda", "torch:bfloat16:cuda", "ctranslate2:float16:cuda",
               "ctranslate2:int8_float16:cuda")
 # Which measured GEMM limit each compute type is compared with.
@@ -59,27 +63,33 @@ LIMIT_OF = {"int8": "int8", "int8_float32": "int8", "int8_float16": "int8", "flo
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    """One engine setting: ``backend:compute_type:device`` (``+compile`` on the compute type: torch.compile)."""
+    """One engine setting: ``backend:compute_type:device[:isa]`` (``+compile`` on the compute type:
+    torch.compile; ``isa``, CTranslate2 on the CPU only: its ``cpu_isa`` setting, default auto)."""
 
     backend: str
     compute_type: str
     device: str
     compile: bool = False
+    isa: str = "auto"
 
     @classmethod
     def parse(cls, text: str) -> Case:
         parts = text.split(":")
-        if len(parts) != 3 or parts[0] not in ("ctranslate2", "torch") or parts[2] not in ("cpu", "cuda"):
-            raise ValueError(f"case {text!r}: expected backend:compute_type:device with backend ctranslate2|torch "
-                             "and device cpu|cuda, e.g. ctranslate2:int8:cpu")
+        if len(parts) not in (3, 4) or parts[0] not in ("ctranslate2", "torch") or parts[2] not in ("cpu", "cuda"):
+            raise ValueError(f"case {text!r}: expected backend:compute_type:device[:isa] with backend "
+                             "ctranslate2|torch and device cpu|cuda, e.g. ctranslate2:int8:cpu")
         compute, _, suffix = parts[1].partition("+")
         if suffix not in ("", "compile") or (suffix and parts[0] != "torch"):
             raise ValueError(f"case {text!r}: only torch cases take the '+compile' suffix")
-        return cls(parts[0], compute, parts[2], bool(suffix))
+        isa = parts[3] if len(parts) == 4 else "auto"
+        if (isa != "auto" and (parts[0], parts[2]) != ("ctranslate2", "cpu")) or isa not in CPU_ISAS:
+            raise ValueError(f"case {text!r}: an ISA ({', '.join(CPU_ISAS)}) is a CTranslate2 CPU setting only")
+        return cls(parts[0], compute, parts[2], bool(suffix), isa)
 
     @property
     def key(self) -> str:
-        return f"{self.backend}:{self.compute_type}{'+compile' if self.compile else ''}:{self.device}"
+        isa = "" if self.isa == "auto" else f":{self.isa}"
+        return f"{self.backend}:{self.compute_type}{'+compile' if self.compile else ''}:{self.device}{isa}"
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -238,6 +248,18 @@ def gemm_limits(devices: Sequence[str], quick: bool) -> dict[str, dict[str, Any]
     return limits
 
 
+def summarize_limits(samples: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The limit of each precision = the median of its samples (taken before every case and after the last):
+    the GEMM figure drifts during a run on a shared VM (one run here: 737 then 450 int8 GFLOP/s), so a
+    single sample at the start would make every fraction depend on when it was taken."""
+    limits: dict[str, dict[str, Any]] = {}
+    for key in samples[0]:
+        values = [sample[key]["gflops"] for sample in samples if key in sample]
+        limits[key] = {**samples[0][key], "gflops": statistics.median(values),
+                       "samples": [round(v, 1) for v in values]}
+    return limits
+
+
 # ---------------------------------------------------------------------------------------------- engines
 
 
@@ -322,7 +344,8 @@ def run_worker(case: Case, windows: Sequence[float], batches: Sequence[int], bud
 
         limit_numpy_threads()  # as the agent does
         engine = Ct2Engine(model_dir, device=case.device, compute_type=case.compute_type, intra_threads=threads,
-                           inter_threads=inter)
+                           inter_threads=inter, cpu_isa=case.isa)
+        print(f"{case.key}: CTranslate2 ISA {engine.cpu_isa or 'its own choice'}", file=sys.stderr, flush=True)
         infer: Callable[[Sequence[np.ndarray]], object] = engine.infer
         callers = engine.concurrency
     else:
@@ -382,13 +405,14 @@ def render(facts: dict[str, Any], limits: dict[str, dict[str, Any]], flops: dict
              f"torch {facts.get('torch')} ({facts.get('torch_threads', '-')} threads); {facts['date']}",
              f"Load average at start: {facts['load_average']}; training jobs running: "
              + ("; ".join(facts["training_jobs"]) or "none"), "",
-             "Measured limits (large GEMM, same run):", "",
-             "| precision | device | GFLOP/s | how |", "|---|---|---:|---|"]
+             "Measured limits (large GEMM, sampled before every engine case and after the last; the median counts):",
+             "", "| precision | device | GFLOP/s (median) | samples | how |", "|---|---|---:|---|---|"]
     for key, entry in limits.items():
         precision, device = key.split(":")
         others = [f"{name}: {value}" for name, value in entry.get("all", {}).items() if name != entry["method"]]
         how = entry["method"] + (f" (the faster of; also {'; '.join(others)})" if others else "")
-        lines.append(f"| {precision} | {device} | {entry['gflops']:.1f} | {how} |")
+        samples = ", ".join(f"{v:g}" for v in entry.get("samples", []))
+        lines.append(f"| {precision} | {device} | {entry['gflops']:.1f} | {samples} | {how} |")
     lines += ["", "FLOPs per window (analytic; GFLOP):", "",
               "| window s | conv1 | conv2 | qkv | attention | out | ffn | head | total |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -421,10 +445,12 @@ def render(facts: dict[str, Any], limits: dict[str, dict[str, Any]], flops: dict
     lines += ["", "All settings:", "", *header, *(row_text(r) for r in rows)]
     target = best.get(("ctranslate2:int8:cpu", 2.0))
     if target and "int8:cpu" in limits:
-        share = 100 * flops[2.0]["total"] * target["windows_per_s"] / 1e9 / limits["int8:cpu"]["gflops"]
+        achieved = flops[2.0]["total"] * target["windows_per_s"] / 1e9
+        share = 100 * achieved / limits["int8:cpu"]["gflops"]
         verdict = "met" if share >= 50 else "not met"
         lines += ["", f"Target: CTranslate2 int8, 2 s windows, best batch ({target['batch']}) reaches {share:.1f}% "
-                      f"of the measured int8 GEMM limit (target >= 50%): {verdict}."]
+                      f"of the measured int8 GEMM limit (target >= 50%): {verdict}; "
+                      f"{100 * achieved / max(limits['int8:cpu']['samples']):.1f}% of the highest sample."]
     return "\n".join(lines)
 
 
@@ -493,25 +519,24 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: training jobs are running; figures will be low: " + "; ".join(facts["training_jobs"]),
               file=sys.stderr)
     devices = sorted({c.device for c in cases})
-    limits = gemm_limits(devices, args.quick)
+    limit_samples = [gemm_limits(devices, args.quick)]
     flops = {w: window_flops(w, meta.encoder_layers, int(meta.head.get("hidden", 256)), len(meta.labels),
                              meta.head.get("type") == "attentive") for w in windows}
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
-    for case in cases:
+    for number, case in enumerate(cases):
+        if number:
+            limit_samples.append(gemm_limits(devices, args.quick))
         got, error = run_case(case, args, windows, batches)
         rows += got
         if error:
             errors[case.key] = error
-    limits_after = gemm_limits(devices, args.quick)  # the limit again, to show drift over the run
-    for key, entry in limits_after.items():
-        if key in limits:
-            limits[key]["after_run_gflops"] = round(entry["gflops"], 1)
+    limit_samples.append(gemm_limits(devices, args.quick))
+    limits = summarize_limits(limit_samples)
     facts["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = "python benchmarks/engine_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(render(facts, limits, flops, rows, errors, command.strip()))
-    print(f"\nLoad average at end: {facts['load_average_end']}; limits re-measured after the run: "
-          + ", ".join(f"{k} {v.get('after_run_gflops', '-')} GFLOP/s" for k, v in limits.items()))
+    print(f"\nLoad average at end: {facts['load_average_end']}")
     if args.json:
         args.json.write_text(json.dumps({"facts": facts, "limits": limits, "flops": {str(k): v for k, v in
                                          flops.items()}, "rows": rows, "errors": errors,

@@ -66,6 +66,9 @@ def main() -> int:
     parser.add_argument("--warmup-samples", type=int, default=2, help="RSS samples counted as warm-up")
     parser.add_argument("--speech-minutes", type=float, default=10.0, help="length of the looped speech file")
     parser.add_argument("--plot", type=Path, help="write RSS and latency over time to this PNG")
+    parser.add_argument("--allocator-defaults", action="store_true",
+                        help="run the agent with glibc's allocator defaults (memory.malloc_arena_max and "
+                        "memory.trim_interval_s off): the control for the agent's memory settings")
     args = parser.parse_args()
     if shutil.which("mosquitto") is None or not (DATA / "manifest.csv").is_file():
         print("needs mosquitto (apt-get install mosquitto) and ../shared/data", file=sys.stderr)
@@ -85,6 +88,8 @@ def main() -> int:
                               "spool": {"path": str(tmp / "spool.sqlite3")}},
                 "stats": {"interval_s": args.sample_s},
             }
+            if args.allocator_defaults:
+                config["memory"] = {"malloc_arena_max": None, "trim_interval_s": None}
             (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
             agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
                                       str(tmp / "agent.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -122,7 +127,8 @@ def report(args: argparse.Namespace, start: float, samples: list[tuple[float, fl
             if key in starts:
                 lat.append((now - start, now - (starts[key] + p["window_end"] / args.speed)))
             audio_s[p["stream_id"]] = max(audio_s.get(p["stream_id"], 0.0), p["t"])
-    stats = [p for _, p in arrivals if "streams" in p and "publisher" in p]
+    stats_arrivals = [(now, p) for now, p in arrivals if "streams" in p and "publisher" in p]
+    stats = [p for _, p in stats_arrivals]
     if len(samples) <= args.warmup_samples or not lat:
         print("too short to report: raise --minutes", file=sys.stderr)
         return 1
@@ -135,6 +141,13 @@ def report(args: argparse.Namespace, start: float, samples: list[tuple[float, fl
     last = np.array([x for t, x in lat if t >= samples[-1][0] - args.sample_s])
     print(f"audio served: {sum(audio_s.values()) / 3600:.2f} h over {len(audio_s)} streams")
     print(f"RSS after warm-up {base:.1f} MB -> end {end:.1f} MB: growth {growth:+.2f} % (target < 5 %)")
+    heap = [(now - start, p["memory"]) for now, p in stats_arrivals if p.get("memory", {}).get("heap_in_use_mb")]
+    after = [m for t, m in heap if t > warm_end - args.sample_s / 2]
+    if after:
+        first_mem, last_mem = after[0], after[-1]
+        print(f"C heap in use after warm-up {first_mem['heap_in_use_mb']:.1f} MB -> end "
+              f"{last_mem['heap_in_use_mb']:.1f} MB; freed but mapped {first_mem['heap_free_mb']:.1f} -> "
+              f"{last_mem['heap_free_mb']:.1f} MB (agent's stats topic)")
     periods = ((f"warm-up (first {warm_end:.0f} s)", during_warmup),
                (f"first {args.sample_s:g} s after warm-up", first), (f"last {args.sample_s:g} s", last))
     for name, values in periods:
@@ -168,7 +181,8 @@ def plot(path: Path, samples: list[tuple[float, float]], lat: list[tuple[float, 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     ax1.plot([t / 60 for t, _ in samples], [r for _, r in samples], marker="o")
     ax1.set_ylabel("agent RSS (MB)")
-    ax1.set_title(f"soak: {args.streams} streams at x{args.speed:g}")
+    ax1.set_title(f"soak: {args.streams} streams at x{args.speed:g}"
+                  + (" (glibc allocator defaults)" if args.allocator_defaults else ""))
     t = np.array([x for x, _ in lat]) / 60
     y = np.array([v for _, v in lat]) * 1000
     ax2.plot(t, y, ",", alpha=0.4)

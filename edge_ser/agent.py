@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from edge_ser import systemd
+from edge_ser import memory, systemd
 from edge_ser.backends import Engine, make_engine
 from edge_ser.batching import DynamicBatcher
 from edge_ser.checkpoint import CheckpointError, read_meta
@@ -75,6 +75,16 @@ async def _stats_loop(pipeline: Pipeline, publisher: Publisher, interval: float)
         publisher.publish(OutboundMessage(kind="stats", stream_id=None, payload=payload, retain=False, qos=0))
 
 
+async def _trim_loop(interval: float) -> None:
+    """Hand freed C-heap pages back to the OS now and then (``memory.trim_interval_s``)."""
+    while True:
+        await asyncio.sleep(interval)
+        started = time.perf_counter()
+        released = await asyncio.to_thread(memory.trim)
+        log.debug("malloc_trim: %s in %.1f ms", "released memory" if released else "nothing to release",
+                  (time.perf_counter() - started) * 1000)
+
+
 async def _watchdog_loop(batcher: DynamicBatcher, interval: float) -> None:
     """Ping systemd only while the loop runs and inference is not stuck with work waiting."""
     while True:
@@ -108,7 +118,8 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[None]] = set()
-    if engine is None:
+    if engine is None:  # the agent's own process: set it up before the engine's threads exist
+        memory.apply_at_start(config.memory)
         systemd.notify("STATUS=loading model")
         engine = await asyncio.to_thread(build_engine, config)
     publisher = publisher or make_publisher(config.publisher, config.device_id)
@@ -137,6 +148,8 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)
     helpers = [asyncio.create_task(_stats_loop(pipeline, publisher, config.stats.interval_s))]
+    if config.memory.trim_interval_s is not None:
+        helpers.append(asyncio.create_task(_trim_loop(config.memory.trim_interval_s)))
     if (interval := systemd.watchdog_interval()) is not None:
         helpers.append(asyncio.create_task(_watchdog_loop(batcher, interval)))
     systemd.notify("READY=1")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_ser.backends import Ct2EngineConfig, EngineConfig
 from edge_ser.batching import BatchingConfig
+from edge_ser.memory import MemoryConfig
 from edge_ser.publish import PublisherConfig, StdoutPublisherConfig
 from edge_ser.publish.topics import validate_id
 from edge_ser.smoothing import SmootherConfig
@@ -69,6 +70,7 @@ class AgentConfig(BaseModel):
     sources: list[SourceConfig] = Field(description="Audio sources; each stream id must be unique.")
     publisher: PublisherConfig = Field(default_factory=StdoutPublisherConfig, description="Where events go.")
     stats: StatsConfig = Field(default_factory=StatsConfig, description="Statistics and metrics.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="C allocator settings (glibc).")
     shutdown_timeout_s: float = Field(5.0, gt=0, le=120, description="Grace period to drain on SIGTERM.")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Logging level.")
 

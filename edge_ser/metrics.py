@@ -3,7 +3,8 @@
 Per stream: audio and speech seconds, windows scored / failed, states, shifts, and a latency histogram
 (last sample of a window available -> its result smoothed and handed to the publisher). Per agent: windows
 waiting for the engine (queue depth), batches, engine busy seconds, and the publisher's counters (queued,
-delivered, dropped states / events, spool bytes, reconnects, connected).
+delivered, dropped states / events, spool bytes, reconnects, connected) and its memory (RSS, C heap in
+use and free).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ _PUBLISHER = {
     "reconnects": ("edge_ser_publisher_reconnects", "Broker reconnections", "counter"),
 }
 
+_MEMORY = {
+    "rss_mb": ("edge_ser_memory_resident_bytes", "Resident set size of the agent process"),
+    "heap_in_use_mb": ("edge_ser_memory_heap_in_use_bytes", "C heap bytes in use (glibc mallinfo2)"),
+    "heap_free_mb": ("edge_ser_memory_heap_free_bytes", "C heap bytes freed but still mapped (glibc mallinfo2)"),
+}
+
 
 class PipelineCollector(Collector):
     """Reads ``Pipeline.stats()`` at scrape time: no bookkeeping on the audio path."""
@@ -65,6 +72,9 @@ class PipelineCollector(Collector):
         yield CounterMetricFamily("edge_ser_engine_batches", "Engine calls", value=stats["batches"])
         yield CounterMetricFamily("edge_ser_engine_busy_seconds", "Seconds spent in the engine",
                                   value=stats["engine_busy_s"])
+        for key, (name, doc) in _MEMORY.items():
+            if stats["memory"][key] is not None:
+                yield GaugeMetricFamily(name, doc, value=stats["memory"][key] * 1024 * 1024)
         for key, (name, doc, kind) in _PUBLISHER.items():
             if key in stats["publisher"]:
                 cls = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_ser import memory
 from edge_ser.backends.base import FrameScores
 from edge_ser.batching import DynamicBatcher
 from edge_ser.events import EventBuilder
@@ -240,6 +241,7 @@ class Pipeline:
             "pending_windows": self.batcher.pending,
             "batches_in_flight": self.batcher.in_flight,
             "publisher": self.publisher.stats(),
+            "memory": memory.snapshot().to_dict(),
         }
 
     async def cancel(self) -> None:

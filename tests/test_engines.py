@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from realdata import real_windows
 
+from edge_ser.backends import ct2_backend
+
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "default"
@@ -106,3 +108,49 @@ def test_an_unsupported_compute_type_falls_back_only_when_configured(caplog: pyt
         engine = Ct2Engine(MODEL, compute_type="float16", fallback_compute_type="int8")
     assert engine.compute_type == "int8" and "using the configured fallback 'int8'" in caplog.text
     assert len(engine.infer([np.zeros((80, 200), np.float32)])) == 1
+
+
+def test_cpu_isa_setting_forces_or_leaves_ctranslate2s_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {k: v for k, v in ct2_backend.os.environ.items() if k != "CT2_FORCE_CPU_ISA"}
+    monkeypatch.setattr(ct2_backend.os, "environ", environ)  # a private copy: nothing leaks to later tests
+    monkeypatch.setattr(ct2_backend, "cpu_flags", lambda: {"avx2", *ct2_backend.AVX512_FLAGS})
+    assert ct2_backend.choose_cpu_isa("auto") == "AVX512"
+    del environ["CT2_FORCE_CPU_ISA"]
+    monkeypatch.setattr(ct2_backend, "cpu_flags", lambda: {"avx2", "avx512f"})  # AVX-512 without BW/DQ/VL
+    assert ct2_backend.choose_cpu_isa("auto") is None and "CT2_FORCE_CPU_ISA" not in ct2_backend.os.environ
+    assert ct2_backend.choose_cpu_isa("ctranslate2") is None
+    assert ct2_backend.choose_cpu_isa("AVX2") == "AVX2" and ct2_backend.os.environ["CT2_FORCE_CPU_ISA"] == "AVX2"
+    assert ct2_backend.choose_cpu_isa("auto") == "AVX2"  # set before (by the operator): it wins
+
+
+_PROBS_WITH_ISA = """
+import sys
+import numpy as np
+sys.path.insert(0, "tests")
+from realdata import real_windows
+
+from edge_ser.backends import ct2_backend
+from edge_ser.backends.ct2_backend import Ct2Engine
+engine = Ct2Engine("models/default", compute_type="int8", cpu_isa=sys.argv[1])
+np.save(sys.argv[2], np.stack([s.clip_probs() for s in engine.infer(real_windows())]))
+"""
+
+
+@pytest.mark.skipif(not set(ct2_backend.AVX512_FLAGS) <= ct2_backend.cpu_flags(), reason="the CPU has no AVX-512")
+def test_avx512_kernels_compute_what_ctranslate2s_own_choice_computes(tmp_path: Path) -> None:
+    """CTranslate2 reads its ISA once per process: each setting runs in its own process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CT2_FORCE_CPU_ISA"}
+    probs = {}
+    for isa in ("AVX512", "ctranslate2"):
+        subprocess.run([sys.executable, "-c", _PROBS_WITH_ISA, isa, str(tmp_path / f"{isa}.npy")], cwd=ROOT,
+                       env=env, check=True)
+        probs[isa] = np.load(tmp_path / f"{isa}.npy")
+    idx = [0, 1, 2, 3]
+    agree = np.mean(probs["AVX512"][:, idx].argmax(1) == probs["ctranslate2"][:, idx].argmax(1))
+    diff = float(np.abs(probs["AVX512"] - probs["ctranslate2"]).max())
+    print(f"AVX512 vs CTranslate2's choice, int8: max |dp| {diff:.2e}, 4-class agreement {agree:.3f}")
+    assert diff < 0.05 and agree >= 0.97

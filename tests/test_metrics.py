@@ -63,3 +63,5 @@ def test_metrics_endpoint_reports_stream_progress_and_latency(tmp_path: Path) ->
     assert 0.5 < _value(text, "edge_ser_stream_speech_ratio", "ex") <= 1.0
     assert _value(text, "edge_ser_streams_live") == 1
     assert "edge_ser_engine_queue_depth" in text
+    assert 50e6 < _value(text, "edge_ser_memory_resident_bytes") < 4e9  # the model alone is ~100 MB
+    assert _value(text, "edge_ser_memory_heap_in_use_bytes") > 10e6

@@ -29,6 +29,11 @@ class Ct2EngineConfig(BaseModel):
                                                            "replica (0: one per CPU core on a CPU, 1 on CUDA).")
     intra_threads: int = Field(0, ge=0, le=256, description="Threads per batch (0: the cores divided among the "
                                                             "parallel batches).")
+    cpu_isa: Literal["auto", "ctranslate2", "AVX512", "AVX2", "AVX", "GENERIC"] = Field(
+        "auto", description="Instruction set of CTranslate2's own CPU kernels (process-wide, read once). auto: "
+        "AVX512 where the CPU has it (CTranslate2 itself picks it on Intel only; measured faster on AMD Zen 4, "
+        "docs/benchmarks.md), else CTranslate2's choice; ctranslate2: always CTranslate2's choice. "
+        "$CT2_FORCE_CPU_ISA, when set, wins.")
 
 
 class TorchEngineConfig(BaseModel):
@@ -66,7 +71,8 @@ def make_engine(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, m
 
         return Ct2Engine(model_dir, base_dir, device=config.device, compute_type=config.compute_type,
                          inter_threads=config.inter_threads, intra_threads=config.intra_threads,
-                         export_dir=config.export_dir, fallback_compute_type=config.fallback_compute_type)
+                         export_dir=config.export_dir, fallback_compute_type=config.fallback_compute_type,
+                         cpu_isa=config.cpu_isa)
     from edge_ser.backends.torch_backend import TorchEngine
 
     return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None)

@@ -39,13 +39,40 @@ def thread_plan(device: str, inter_threads: int, intra_threads: int) -> tuple[in
     return inter, intra_threads or max(1, cores // inter)
 
 
+AVX512_FLAGS = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def choose_cpu_isa(setting: str) -> str | None:
+    """Set ``$CT2_FORCE_CPU_ISA`` for ``setting`` (see ``Ct2EngineConfig.cpu_isa``) unless the operator set it;
+    returns the ISA forced, or None when CTranslate2 chooses. CTranslate2 reads the variable once per process,
+    when its first model is loaded, so this must run before that."""
+    if forced := os.environ.get("CT2_FORCE_CPU_ISA"):
+        return forced
+    if setting == "ctranslate2":
+        return None
+    if setting == "auto":
+        if not set(AVX512_FLAGS) <= cpu_flags():
+            return None
+        setting = "AVX512"
+    os.environ["CT2_FORCE_CPU_ISA"] = setting
+    return setting
+
+
 class Ct2Engine(Engine):
     """Encoder in CTranslate2, head in numpy; ``concurrency`` batches may be encoded at once (one replica
     each). ``inter_threads`` / ``intra_threads`` 0: see :func:`thread_plan`."""
 
     def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, device: str = "cpu",
                  compute_type: str = "int8", intra_threads: int = 0, export_dir: str | Path | None = None,
-                 inter_threads: int = 0, fallback_compute_type: str | None = None) -> None:
+                 inter_threads: int = 0, fallback_compute_type: str | None = None, cpu_isa: str = "auto") -> None:
         import ctranslate2
 
         from engines.ct2 import check_export, ensure_ct2_export
@@ -64,6 +91,7 @@ class Ct2Engine(Engine):
         folder = check_export(export_dir, meta) if export_dir else ensure_ct2_export(model_dir, base_dir)
         self._ct2 = ctranslate2
         inter, intra = thread_plan(device, inter_threads, intra_threads)
+        self.cpu_isa = choose_cpu_isa(cpu_isa) if device == "cpu" else None
         self.whisper = ctranslate2.models.Whisper(
             str(folder), device=device, compute_type=compute_type, inter_threads=inter, intra_threads=intra
         )
@@ -72,8 +100,9 @@ class Ct2Engine(Engine):
         self.meta = meta
         self.labels = tuple(meta.labels)
         self.model_id = meta.model_id
-        log.info("ctranslate2 engine: model %s from %s, %s on %s, %d parallel batch(es) x %s thread(s)",
-                 meta.model_id, folder, compute_type, device, inter, intra or "default")
+        log.info("ctranslate2 engine: model %s from %s, %s on %s (ISA %s), %d parallel batch(es) x %s thread(s)",
+                 meta.model_id, folder, compute_type, device, self.cpu_isa or "ctranslate2's choice", inter,
+                 intra or "default")
 
     def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
         results: dict[int, FrameScores] = {}
