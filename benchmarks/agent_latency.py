@@ -39,12 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def encoder_capacity(seconds: float = 8.0) -> dict[str, float]:
     """Windows/s of the engine alone (batches of 8 two-second windows, as many callers as the engine runs
     batches in parallel), with the log-mel computed ahead and computed in the loop, as the agent does."""
-    from edge_ser.agent import limit_numpy_threads
+    from edge_ser.agent import prepare_process
     from edge_ser.audio import load_audio
     from edge_ser.backends.ct2_backend import Ct2Engine
     from edge_ser.features import log_mel
 
-    limit_numpy_threads()  # as the agent does
+    prepare_process()  # as the agent does
     engine = Ct2Engine(ROOT / "models" / "default", compute_type="int8")
     audio = load_audio(ROOT / "examples" / "emodb_shifts.opus")
     windows = [audio[i * 16000 : i * 16000 + 32000] for i in range(8)]

@@ -7,12 +7,13 @@ log-mel windows (the bundled example; log-mel itself is not timed) and reports t
 the real-time factor (compute / audio), windows per second and peak memory: the process's peak RSS
 (``VmHWM``, reset before each setting) on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
 
-Each backend x compute type runs in its own subprocess, so its memory figure holds only that engine. The
-same run measures the limit, before every case and after the last (the median counts): a large GEMM's achieved GFLOP/s in the matching precision (float32: numpy
-sgemm and torch.matmul, the faster counts; int8 on the CPU: ``torch._int_mm``, int8 x int8 -> int32, since
-CTranslate2 has no Python GEMM API; else numpy's int32-accumulating matmul; CUDA: torch.matmul in the
-dtype). The FLOPs of one window are counted analytically (conv1, conv2, per layer qkv / attention / out /
-ffn, the head; elementwise work such as LayerNorm, GELU and softmax is not counted), so the table shows which
+Each backend x compute type runs in its own subprocess, so its memory figure holds only that engine. The same
+run measures the limit, before every case and after the last (the median counts): a large GEMM's achieved
+GFLOP/s in the matching precision (float32: numpy sgemm and torch.matmul, the faster counts; int8 on the CPU:
+``torch._int_mm``, int8 x int8 -> int32, since CTranslate2 has no Python GEMM API; else numpy's
+int32-accumulating matmul; CUDA: torch.matmul in the dtype). The FLOPs of one window are counted analytically
+(conv1, conv2, per layer qkv / attention / out / ffn, the head; elementwise work such as LayerNorm, GELU and
+softmax is not counted), so the table shows which
 fraction of the measured limit each engine reaches.
 
     python benchmarks/engine_throughput.py            # the full grid (minutes)
@@ -339,10 +340,10 @@ def run_worker(case: Case, windows: Sequence[float], batches: Sequence[int], bud
     cuda_torch = None
     callers = 1
     if case.backend == "ctranslate2":
-        from edge_ser.agent import limit_numpy_threads
+        from edge_ser.agent import prepare_process
         from edge_ser.backends.ct2_backend import Ct2Engine
 
-        limit_numpy_threads()  # as the agent does
+        prepare_process()  # as the agent does
         engine = Ct2Engine(model_dir, device=case.device, compute_type=case.compute_type, intra_threads=threads,
                            inter_threads=inter, cpu_isa=case.isa)
         print(f"{case.key}: CTranslate2 ISA {engine.cpu_isa or 'its own choice'}", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from edge_ser.batching import DynamicBatcher
 from edge_ser.checkpoint import CheckpointError, read_meta
 from edge_ser.config import AgentConfig, ConfigError, load_config
 from edge_ser.features import FeatureParams
+from edge_ser.memory import MemoryConfig
 from edge_ser.pipeline import Pipeline
 from edge_ser.publish import OutboundMessage, Publisher, make_publisher
 from edge_ser.supervisor import SourceSet
@@ -46,20 +47,23 @@ def check_model(path: Path) -> None:
         raise ModelMissingError(str(exc)) from exc
 
 
-def limit_numpy_threads() -> None:
-    """One BLAS thread for numpy (log-mel, the head): the engine's own thread pool owns the cores.
+def prepare_process(memory_config: MemoryConfig | None = None) -> None:
+    """Process-wide settings for inference, made before the engine's threads exist. Only the agent's entry
+    points (and the benchmarks, to measure what the agent runs) call it, never the library.
 
-    Measured on the 2-core box: OpenBLAS's idle threads spin after each small head matmul and slowed the
-    CTranslate2 encoder that ran next by ~35% (docs/benchmarks.md). Process-wide, so only the agent's entry
-    points call it, never the library.
+    * One BLAS thread for numpy (log-mel, the head): the engine's own thread pool owns the cores. Measured on
+      the 2-core box: OpenBLAS's idle threads spin after each small head matmul and slowed the CTranslate2
+      encoder that ran next by ~35% (docs/benchmarks.md).
+    * The C allocator settings of ``memory_config`` (``edge_ser.memory``; default: ``MemoryConfig()``).
     """
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
+    memory.apply_at_start(memory_config or MemoryConfig())
 
 
 def build_engine(config: AgentConfig) -> Engine:
-    limit_numpy_threads()
+    prepare_process(config.memory)
     model_dir = config.model.resolved_path()
     check_model(model_dir)
     engine = make_engine(config.engine, model_dir, config.model.base_dir)
@@ -118,8 +122,7 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[None]] = set()
-    if engine is None:  # the agent's own process: set it up before the engine's threads exist
-        memory.apply_at_start(config.memory)
+    if engine is None:
         systemd.notify("STATUS=loading model")
         engine = await asyncio.to_thread(build_engine, config)
     publisher = publisher or make_publisher(config.publisher, config.device_id)

@@ -1,18 +1,20 @@
-"""Process memory of a long-running agent: what it holds, and the C allocator settings that let it give back
-what it freed.
+"""The C allocator of a long-running inference process: settings that make it fast and keep it flat, and
+a reading of what it holds.
 
-Under glibc every thread that allocates may get its own malloc arena (up to 8 per core), and a freed block
-returns to the operating system only when it sits at the top of its heap. The agent's threads (CTranslate2
-replicas, the batcher, decoders, the event loop) allocate buffers of ever-different sizes (window lengths x
-batch sizes), so freed memory stays mapped in many partly used arenas and RSS creeps up although the live
-heap does not grow (docs/reliability.md, soak). Two process-wide remedies, both from the ``memory`` config:
+glibc's defaults cost the agent twice (measured on the 2-core box, docs/benchmarks.md, docs/reliability.md):
 
-* ``limit_arenas(n)``: ``mallopt(M_ARENA_MAX, n)`` before the worker threads start;
-* ``trim()``: ``malloc_trim(0)`` now and then, which hands free pages in every arena back to the kernel.
+* **Speed.** CTranslate2 allocates its activations anew in every call. Above a small threshold glibc maps
+  such blocks and unmaps them on free, and returns free memory at the top of a thread's heap to the kernel,
+  so the next call page-faults and zero-fills the same megabytes again: a quarter of the encoder's time was
+  spent in the kernel. A fixed ``mmap_threshold_mb`` and a high ``trim_threshold_mb`` keep freed blocks for
+  reuse.
+* **Creep.** Every thread that allocates may get its own arena (up to 8 per core) and freed blocks stay in
+  partly used arenas, so RSS creeps up while the live heap does not. ``malloc_arena_max`` caps the arenas,
+  and ``trim()`` (``malloc_trim(0)``, every ``trim_interval_s``) hands free pages back now and then.
 
-``snapshot()`` reads RSS (``/proc/self/statm``) and the heap in use / free (``mallinfo2``) for the stats
-topic and the Prometheus metrics. Everything here is a no-op (returns ``False`` / ``None``) where the C
-library is not glibc.
+``apply_at_start`` makes the settings (``mallopt``) before the worker threads exist; ``snapshot()`` reads
+RSS (``/proc/self/statm``) and the heap in use / free (``mallinfo2``) for the stats topic and the Prometheus
+metrics. Where the C library is not glibc nothing is changed and the heap figures are None.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+# glibc's mallopt parameter numbers (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_MAX_MB = 32  # glibc's ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 MIB = 1024 * 1024
 
 
@@ -40,6 +46,14 @@ class MemoryConfig(BaseModel):
     malloc_arena_max: int | None = Field(
         2, ge=1, le=64, description="At most this many malloc arenas (mallopt M_ARENA_MAX, set at start before "
         "the worker threads exist). null: glibc's default of 8 per core.")
+    mmap_threshold_mb: int | None = Field(
+        MMAP_THRESHOLD_MAX_MB, ge=1, le=MMAP_THRESHOLD_MAX_MB, description="Blocks at least this big get their own "
+        "mapping, unmapped on free (mallopt M_MMAP_THRESHOLD). CTranslate2 allocates its activations for every "
+        "call; below this size they are reused instead of being mapped and zero-filled again. null: glibc's "
+        "dynamic default (from 128 kB).")
+    trim_threshold_mb: int | None = Field(
+        256, ge=1, le=65536, description="Free memory at the top of a heap kept for reuse before free() returns it "
+        "to the OS (mallopt M_TRIM_THRESHOLD); the periodic trim still returns it. null: glibc's default.")
     trim_interval_s: float | None = Field(
         60.0, gt=0, le=86400, description="Seconds between malloc_trim(0) calls, which return freed heap pages "
         "to the OS. null: never.")
@@ -78,14 +92,6 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def limit_arenas(count: int) -> bool:
-    """Cap the number of malloc arenas; True when glibc accepted it. Affects arenas created afterwards."""
-    libc = _glibc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, count))
-
-
 def trim() -> bool:
     """Return free heap pages to the OS; True when some memory was released."""
     libc = _glibc()
@@ -108,11 +114,18 @@ def snapshot() -> MemorySnapshot:
     return MemorySnapshot(rss_mb(), (info.uordblks + info.hblkhd) / MIB, info.fordblks / MIB)
 
 
-def apply_at_start(config: MemoryConfig) -> None:
-    """The process-wide settings that must precede the worker threads; the agent's entry point calls it."""
-    if config.malloc_arena_max is not None:
-        if limit_arenas(config.malloc_arena_max):
-            log.debug("malloc arenas limited to %d", config.malloc_arena_max)
-        else:
-            log.info("memory.malloc_arena_max ignored: the C library is not glibc")
+def apply_at_start(config: MemoryConfig) -> bool:
+    """The process-wide settings, made before the worker threads exist; the agent's entry point calls it.
+    False when the C library is not glibc (the settings are then ignored, and logged so)."""
+    libc = _glibc()
+    if libc is None:
+        log.info("memory settings ignored: the C library is not glibc")
+        return False
+    settings = ((M_ARENA_MAX, config.malloc_arena_max, 1), (M_MMAP_THRESHOLD, config.mmap_threshold_mb, MIB),
+                (M_TRIM_THRESHOLD, config.trim_threshold_mb, MIB))
+    for param, value, unit in settings:
+        if value is not None and not libc.mallopt(param, value * unit):
+            raise ValueError(f"memory: glibc refused mallopt({param}, {value * unit})")
+    log.debug("malloc settings: %s", config.model_dump())
+    return True
 

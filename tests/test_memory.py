@@ -56,8 +56,8 @@ def test_snapshot_reads_rss_and_heap() -> None:
 
 
 @glibc
-def test_arena_limit_is_accepted_by_glibc() -> None:
-    code = "from edge_ser import memory; print(memory.limit_arenas(2))"
+def test_the_agents_settings_are_accepted_by_glibc() -> None:
+    code = "from edge_ser import memory; print(memory.apply_at_start(memory.MemoryConfig()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
 
@@ -65,9 +65,12 @@ def test_arena_limit_is_accepted_by_glibc() -> None:
 def test_memory_config_defaults_and_limits() -> None:
     config = AgentConfig.model_validate({"sources": []})
     assert config.memory.malloc_arena_max == 2 and config.memory.trim_interval_s == 60.0
+    assert config.memory.mmap_threshold_mb == 32 and config.memory.trim_threshold_mb == 256
     off = AgentConfig.model_validate({"sources": [], "memory": {"malloc_arena_max": None, "trim_interval_s": None}})
     assert off.memory.malloc_arena_max is None and off.memory.trim_interval_s is None
     with pytest.raises(ValidationError, match="malloc_arena_max"):
         AgentConfig.model_validate({"sources": [], "memory": {"malloc_arena_max": 0}})
+    with pytest.raises(ValidationError, match="mmap_threshold_mb"):  # glibc's ceiling is 32 MiB
+        AgentConfig.model_validate({"sources": [], "memory": {"mmap_threshold_mb": 64}})
     with pytest.raises(ValidationError, match="trim_interval"):
         AgentConfig.model_validate({"sources": [], "memory": {"trim_interval": 5}})
