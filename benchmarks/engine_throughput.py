@@ -137,16 +137,17 @@ def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx_vn
 
 
 def training_processes() -> list[str]:
-    """Command lines of trainer jobs running on this machine (they would skew the figures)."""
+    """Command lines of trainer jobs running on this machine (they would skew the figures; stopped ones do not)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
             continue
-        if any(f"trainer.{name}" in cmd for name in ("loco", "train", "baselines")):
+        if state not in ("T", "t") and any(f"trainer.{name}" in cmd for name in ("loco", "train", "baselines")):
             found.append(f"pid {proc.name}: {cmd[:120]}")
     return found
 
