@@ -29,6 +29,8 @@ import soundfile as sf
 import yaml
 from loopback import LoopbackBroker, rss_mb
 
+from edge_ser.memory import MemoryConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
@@ -67,8 +69,8 @@ def main() -> int:
     parser.add_argument("--speech-minutes", type=float, default=10.0, help="length of the looped speech file")
     parser.add_argument("--plot", type=Path, help="write RSS and latency over time to this PNG")
     parser.add_argument("--allocator-defaults", action="store_true",
-                        help="run the agent with glibc's allocator defaults (memory.malloc_arena_max and "
-                        "memory.trim_interval_s off): the control for the agent's memory settings")
+                        help="run the agent with glibc's allocator defaults (every memory.* setting off): the "
+                        "control for the agent's memory settings")
     args = parser.parse_args()
     if shutil.which("mosquitto") is None or not (DATA / "manifest.csv").is_file():
         print("needs mosquitto (apt-get install mosquitto) and ../shared/data", file=sys.stderr)
@@ -89,7 +91,7 @@ def main() -> int:
                 "stats": {"interval_s": args.sample_s},
             }
             if args.allocator_defaults:
-                config["memory"] = {"malloc_arena_max": None, "trim_interval_s": None}
+                config["memory"] = dict.fromkeys(MemoryConfig.model_fields)
             (tmp / "agent.yaml").write_text(yaml.safe_dump(config))
             agent = subprocess.Popen([sys.executable, "-m", "edge_ser", "--log-level", "WARNING", "run", "--config",
                                       str(tmp / "agent.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -52,7 +52,7 @@ class MemoryConfig(BaseModel):
         "call; below this size they are reused instead of being mapped and zero-filled again. null: glibc's "
         "dynamic default (from 128 kB).")
     trim_threshold_mb: int | None = Field(
-        256, ge=1, le=65536, description="Free memory at the top of a heap kept for reuse before free() returns it "
+        256, ge=1, le=2047, description="Free memory at the top of a heap kept for reuse before free() returns it "
         "to the OS (mallopt M_TRIM_THRESHOLD); the periodic trim still returns it. null: glibc's default.")
     trim_interval_s: float | None = Field(
         60.0, gt=0, le=86400, description="Seconds between malloc_trim(0) calls, which return freed heap pages "
