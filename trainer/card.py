@@ -17,6 +17,24 @@ from edge_ser.checkpoint import load_checkpoint
 LICENCE_ROW = re.compile(r"^\|\s*(?P<corpus>[a-z0-9_-]+)\s*\|(?:[^|]*\|){5}\s*(?P<licence>[^|]+?)\s*\|\s*$")
 
 
+def recipe_summary(config: dict[str, Any]) -> str:
+    """One sentence on what the recipe turned on: labels, domain head, augmentation, balance."""
+    if config.get("label_mode") == "hard":
+        labels = "hard labels (one-hot of the label map's most likely class)"
+    else:
+        labels = f"soft labels from the map (neutral smoothing {config.get('neutral_smoothing', 'from the map')})"
+    domain = config.get("domain") or {}
+    if domain.get("enabled", True):
+        head = (f"domain-adversarial head on {domain.get('target')} (wd {domain.get('weight')}, warm-up "
+                f"{domain.get('warmup_epochs')} epochs)")
+    else:
+        head = "no domain head"
+    views = int(config.get("views", 1))
+    augment = ("no augmentation (clean view only)" if views == 1 else
+               f"{views} cached views (clean + {views - 1} augmented, each augmentation p=0.2)")
+    return f"{labels}; {head}; {augment}; class/corpus balance {config.get('balance')}"
+
+
 def licences(sources: Path) -> dict[str, str]:
     """corpus -> licence, from the table in the data folder's SOURCES.md."""
     if not sources.is_file():
@@ -66,9 +84,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         "(CC BY-NC-SA / CC BY-NC-ND, or no licence stated). Do not use commercially or redistribute outside the "
         "project.",
         "",
-        "Recipe: soft labels (`label_mode: " + str(config.get("label_mode")) + "`, neutral smoothing from the map), "
-        f"domain head {config.get('domain')}, views {config.get('views')}, augmentation p=0.2 each, "
-        f"class/corpus balance {config.get('balance')}, best dev epoch {training.get('epoch')}.",
+        "Recipe: " + recipe_summary(config) + f", best dev epoch {training.get('epoch')}.",
         "",
         "Command:",
         "",
