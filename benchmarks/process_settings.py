@@ -37,11 +37,9 @@ WORKER = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 settings = json.loads(sys.argv[2])
-from threadpoolctl import threadpool_limits
-threadpool_limits(limits=1, user_api="blas")
-if settings["memory"]:
-    from edge_ser.memory import MemoryConfig, apply_at_start
-    apply_at_start(MemoryConfig())
+from edge_ser.agent import prepare_process
+from edge_ser.memory import MemoryConfig
+prepare_process(MemoryConfig() if settings["memory"] else MemoryConfig(**dict.fromkeys(MemoryConfig.model_fields)))
 from edge_ser.backends.ct2_backend import Ct2Engine
 from engine_throughput import real_mels
 engine = Ct2Engine(settings["model"], compute_type="int8", inter_threads=1, intra_threads=1,

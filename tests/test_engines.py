@@ -128,8 +128,6 @@ import sys
 import numpy as np
 sys.path.insert(0, "tests")
 from realdata import real_windows
-
-from edge_ser.backends import ct2_backend
 from edge_ser.backends.ct2_backend import Ct2Engine
 engine = Ct2Engine("models/default", compute_type="int8", cpu_isa=sys.argv[1])
 np.save(sys.argv[2], np.stack([s.clip_probs() for s in engine.infer(real_windows())]))
