@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from loopback import LoopbackBroker, rss_mb
+from loopback import LoopbackBroker
+
+from edge_ser.memory import rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
-from loopback import rss_mb
 
 from edge_ser.audio import AudioError, describe_file, load_audio
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, sha256_bytes
 from edge_ser.config import ConfigError, load_config
+from edge_ser.memory import rss_mb
 from edge_ser.sources.codecs import decode_alaw, decode_mulaw, decode_s16le
 from edge_ser.sources.network import HandshakeError, parse_handshake
 

@@ -1,5 +1,5 @@
-"""Shared by the benchmark scripts: a throwaway mosquitto on a free loopback port, a subscriber that
-timestamps every message on arrival, and a process's resident memory."""
+"""Shared by the benchmark scripts: a throwaway mosquitto on a free loopback port and a subscriber that
+timestamps every message on arrival. (A process's resident memory: ``edge_ser.memory.rss_mb``.)"""
 
 from __future__ import annotations
 
@@ -14,12 +14,6 @@ from types import TracebackType
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-
-
-def rss_mb(pid: int | str = "self") -> float:
-    """Resident set size of process ``pid`` (default: this one) in MB, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
 
 
 def free_port() -> int:

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
-from loopback import LoopbackBroker, rss_mb
+from loopback import LoopbackBroker
 
-from edge_ser.memory import MemoryConfig
+from edge_ser.memory import MemoryConfig, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

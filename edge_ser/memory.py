@@ -100,8 +100,9 @@ def trim() -> bool:
     return bool(libc.malloc_trim(0))
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of process ``pid`` (default: this one) in MiB."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
 
 
