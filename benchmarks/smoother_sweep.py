@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_ser.backends import Ct2EngineConfig
 from edge_ser.smoothing import parse_smoother_config
+from edge_ser.vad import VadConfig
 from edge_ser.windows import WindowConfig
 from trainer.stream_eval import (
     TARGETS,
@@ -45,7 +46,16 @@ from trainer.streams import StreamBuildConfig
 log = logging.getLogger("smoother_sweep")
 
 REFERENCE = "raw windows (reference)"
-WINDOWS: tuple[tuple[float, float], ...] = ((2.0, 1.0), (2.0, 0.5), (3.0, 1.0), (1.5, 0.5))
+SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # name: (VadConfig fields, WindowConfig fields)
+    "webrtc500 2/1": ({"gate_above_floor_db": None, "end_hangover_ms": 500}, {"window_s": 2.0, "hop_s": 1.0}),
+    "webrtc500 1.5/0.5": ({"gate_above_floor_db": None, "end_hangover_ms": 500}, {"window_s": 1.5, "hop_s": 0.5}),
+    "gated250 2/1": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 1.0}),
+    "gated250 2/1 grow": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 1.0, "grow": True}),
+    "gated250 2/0.5 grow": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 0.5, "grow": True}),
+    "gated250 1.5/0.5 grow": ({"end_hangover_ms": 250}, {"window_s": 1.5, "hop_s": 0.5, "grow": True}),
+    "gated500 2/0.5 grow": ({"end_hangover_ms": 500}, {"window_s": 2.0, "hop_s": 0.5, "grow": True}),
+}
 SMOOTHERS: dict[str, dict[str, Any]] = {
     # Reference, not a candidate: each state is the latest window's argmax, with no smoothing, dwell,
     # thresholds or hysteresis (an ema with a tiny time constant through the same decision layer).
@@ -55,17 +65,21 @@ SMOOTHERS: dict[str, dict[str, Any]] = {
     "ema tau0.5 dwell0.5": {"type": "ema", "min_dwell_s": 0.5},
     "ema tau0.5 dwell0.5 conf0 gap0": {"type": "ema", "min_dwell_s": 0.5, "min_confidence": 0.0, "min_gap": 0.0},
     "ema tau1 dwell1": {"type": "ema", "tau_s": 1.0},
-    "ema tau1 dwell2": {"type": "ema", "tau_s": 1.0, "min_dwell_s": 2.0},
     "hmm st0.5 dwell0.5": {"type": "hmm"},
     "hmm st0.8 dwell0.5": {"type": "hmm", "self_transition": 0.8},
-    "hmm st0.5 dwell1": {"type": "hmm", "min_dwell_s": 1.0},
     "median k5 dwell1": {"type": "median"},
-    "median k3 dwell1": {"type": "median", "k": 3},
     "median k3 dwell0.5": {"type": "median", "k": 3, "min_dwell_s": 0.5},
+    "segment after1": {"type": "segment"},
+    "segment after1 conf0 gap0": {"type": "segment", "min_confidence": 0.0, "min_gap": 0.0},
+    "segment after0.5": {"type": "segment", "decide_after_s": 0.5},
+    "segment after1.5": {"type": "segment", "decide_after_s": 1.5},
+    "segment after1 minseg0.8": {"type": "segment", "min_segment_s": 0.8},
+    "segment after1 margin0.2": {"type": "segment", "margin": 0.2},
+    "segment after1 dwell2": {"type": "segment", "min_dwell_s": 2.0},
 }
 LABEL_SPACES = ("model", "4class")
-METRICS = ("ua", "clip_ua", "ua_gap", "abstain", "precision", "recall", "f1", "median_delay_s",
-           "median_onset_error_s", "spurious_per_min")
+METRICS = ("ua", "ua_final", "clip_ua", "ua_gap", "ua_final_gap", "abstain", "precision", "recall", "f1",
+           "median_delay_s", "median_onset_error_s", "spurious_per_min", "unmatched_per_min")
 
 
 def fold_models(loco: Path) -> dict[str, Path]:
@@ -86,10 +100,11 @@ def fold_models(loco: Path) -> dict[str, Path]:
 
 def flat(entry: dict[str, Any]) -> dict[str, float | None]:
     t = entry["tracking"]
-    return {"ua": t["ua"], "clip_ua": entry["clip_ua"], "ua_gap": entry["ua_gap"],
-            "abstain": abstained(entry["seconds"]), "precision": t["precision"],
-            "recall": t["recall"], "f1": t["f1"], "median_delay_s": t["median_delay_s"],
-            "median_onset_error_s": t["median_onset_error_s"], "spurious_per_min": t["spurious_per_min"]}
+    return {"ua": t["ua"], "ua_final": t["ua_final"], "clip_ua": entry["clip_ua"], "ua_gap": entry["ua_gap"],
+            "ua_final_gap": entry["ua_final_gap"], "abstain": abstained(entry["seconds"]),
+            "precision": t["precision"], "recall": t["recall"], "f1": t["f1"], "median_delay_s": t["median_delay_s"],
+            "median_onset_error_s": t["median_onset_error_s"], "spurious_per_min": t["spurious_per_min"],
+            "unmatched_per_min": t["unmatched_per_min"]}
 
 
 def mean_over(per_corpus: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
@@ -112,16 +127,16 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(rows: list[dict[str, Any]], label_space: str) -> str:
+def table(rows: list[dict[str, Any]], label_space: str, limit: int | None = None) -> str:
     chosen = sorted((r for r in rows if r["label_space"] == label_space), key=rank)
-    lines = ["| window/hop | smoother | UA/s | clip UA | gap | abstain | P | R | F1 | delay s | onset err s | spur/min "
-             "| met |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in chosen:
+    lines = ["| VAD, window/hop | smoother | UA/s live | UA/s utt | clip UA | utt gap | abstain | P | R | F1 | "
+             "delay s | spur/min | unmatched/min | met |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in chosen[:limit]:
         m = r["mean"]
-        lines.append(f"| {r['window_s']:g}/{r['hop_s']:g} | {r['smoother']} | {_f(m['ua'])} | {_f(m['clip_ua'])} | "
-                     f"{_f(m['ua_gap'])} | {_f(m['abstain'], 2)} | {_f(m['precision'])} | {_f(m['recall'])} | "
-                     f"{_f(m['f1'])} | {_f(m['median_delay_s'], 2)} | {_f(m['median_onset_error_s'], 2)} | "
-                     f"{_f(m['spurious_per_min'], 2)} | {r['targets_met']}/4 |")
+        lines.append(f"| {r['setup']} | {r['smoother']} | {_f(m['ua'])} | {_f(m['ua_final'])} | {_f(m['clip_ua'])} | "
+                     f"{_f(m['ua_final_gap'])} | {_f(m['abstain'], 2)} | {_f(m['precision'])} | "
+                     f"{_f(m['recall'])} | {_f(m['f1'])} | {_f(m['median_delay_s'], 2)} | "
+                     f"{_f(m['spurious_per_min'], 2)} | {_f(m['unmatched_per_min'], 2)} | {r['targets_met']}/4 |")
     return "\n".join(lines)
 
 
@@ -132,10 +147,10 @@ def rank(row: dict[str, Any]) -> tuple[float, ...]:
 
 
 def per_corpus_table(row: dict[str, Any]) -> str:
-    lines = ["| held-out corpus | UA/s | clip UA | abstain | P | R | F1 | delay s | spur/min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| held-out corpus | UA/s live | UA/s utt | clip UA | abstain | P | R | F1 | delay s | spur/min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for corpus, m in row["per_corpus"].items():
-        lines.append(f"| {corpus} | {_f(m['ua'])} | {_f(m['clip_ua'])} | {_f(m['abstain'], 2)} | "
+        lines.append(f"| {corpus} | {_f(m['ua'])} | {_f(m['ua_final'])} | {_f(m['clip_ua'])} | {_f(m['abstain'], 2)} | "
                      f"{_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | {_f(m['median_delay_s'], 2)} | "
                      f"{_f(m['spurious_per_min'], 2)} |")
     return "\n".join(lines)
@@ -150,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="stream seed (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="CTranslate2 threads (default %(default)s)")
     parser.add_argument("--folds", default=None, help="comma-separated corpora (default: every fold)")
-    parser.add_argument("--windows", default=None, metavar="W/H,...",
-                        help="window/hop pairs to run, e.g. 2/1,1.5/0.5 (default: all of WINDOWS)")
+    parser.add_argument("--setups", default=None, metavar="NAME;NAME",
+                        help="';'-separated names of SETUPS (VAD + windows) to run (default: all)")
+    parser.add_argument("--smoothers", default=None, metavar="NAME;NAME",
+                        help="';'-separated names of SMOOTHERS to replay (default: all)")
+    parser.add_argument("--top", type=int, default=None, help="rows per table in sweep.md (default: all)")
     parser.add_argument("--model", default=None,
                         help="score every corpus with this one model instead of its fold model (an in-domain "
                              "reference when the model saw those corpora; not a LOCO result)")
@@ -164,25 +182,25 @@ def main(argv: list[str] | None = None) -> int:
         folds = {c: m for c, m in folds.items() if c in args.folds.split(",")}
     if args.model:
         folds = dict.fromkeys(folds, Path(args.model))
-    windows = WINDOWS if not args.windows else tuple(
-        (float(w), float(h)) for w, h in (pair.split("/") for pair in args.windows.split(",")))
+    setups = SETUPS if not args.setups else {name: SETUPS[name] for name in args.setups.split(";")}
+    smoothers = SMOOTHERS if not args.smoothers else {name: SMOOTHERS[name] for name in args.smoothers.split(";")}
     engine_config = Ct2EngineConfig(intra_threads=args.threads)
-    scored: dict[tuple[float, float], dict[str, list[ScoredStream]]] = {w: {} for w in windows}
+    scored: dict[str, dict[str, list[ScoredStream]]] = {name: {} for name in setups}
     engine_windows = 0
     for corpus, model in folds.items():
         streams = build_and_load(args.manifest, out / "streams" / corpus,
                                  StreamBuildConfig(n=args.n, seed=args.seed, corpora=(corpus,)))
         engine = LazyEngine(model, engine_config)
         cache = ScoreCache(out / "cache" / corpus)
-        for window_s, hop_s in windows:
-            config = StreamEvalConfig(engine=engine_config, windows=WindowConfig(window_s=window_s, hop_s=hop_s))
-            scored[(window_s, hop_s)][corpus] = score_streams(streams, engine, config, cache)
+        for name, (vad, windows) in setups.items():
+            config = StreamEvalConfig(engine=engine_config, vad=VadConfig(**vad), windows=WindowConfig(**windows))
+            scored[name][corpus] = score_streams(streams, engine, config, cache)
         engine_windows += engine.windows
         log.info("%s: fold model %s, %d streams, %d windows/clips run by the engine", corpus, model, len(streams),
                  engine.windows)
     rows = []
-    for (window_s, hop_s), by_corpus in scored.items():
-        for name, settings in SMOOTHERS.items():
+    for setup, by_corpus in scored.items():
+        for name, settings in smoothers.items():
             smoothing = parse_smoother_config(settings)
             for label_space in LABEL_SPACES:
                 per_corpus = {}
@@ -190,22 +208,21 @@ def main(argv: list[str] | None = None) -> int:
                     replays, results = evaluate_scored(items, smoothing, label_space)
                     per_corpus[corpus] = flat(summary(results, items, replays))
                 mean = mean_over(per_corpus)
-                rows.append({"window_s": window_s, "hop_s": hop_s, "smoother": name, "settings": settings,
-                             "label_space": label_space, "per_corpus": per_corpus, "mean": mean,
-                             "targets_met": targets_met(mean)})
+                rows.append({"setup": setup, "vad": setups[setup][0], "windows": setups[setup][1],
+                             "smoother": name, "settings": settings, "label_space": label_space,
+                             "per_corpus": per_corpus, "mean": mean, "targets_met": targets_met(mean)})
     best = {space: min((r for r in rows if r["label_space"] == space and r["smoother"] != REFERENCE), key=rank)
-            for space in LABEL_SPACES}
+            for space in LABEL_SPACES if any(r["smoother"] != REFERENCE for r in rows)}
     result = {"command": command, "folds": {c: str(m) for c, m in folds.items()}, "n_per_corpus": args.n,
               "seed": args.seed, "targets": {k: f"{op} {b:g}" for k, (op, b) in TARGETS.items()},
               "engine_windows_run": engine_windows, "rows": rows, "best": best}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
     parts = [f"`{command}`", ""]
-    for space in LABEL_SPACES:
-        b = best[space]
+    for space, b in best.items():
         parts += [f"## label space: {space} (mean over {len(folds)} held-out corpora, best first)", "",
-                  table(rows, space), "",
-                  f"Best ({space}): {b['window_s']:g}/{b['hop_s']:g} s, {b['smoother']}, per corpus:", "",
+                  table(rows, space, args.top), "",
+                  f"Best ({space}): {b['setup']}, {b['smoother']}, per corpus:", "",
                   per_corpus_table(b), ""]
     text = "\n".join(parts)
     (out / "sweep.md").write_text(text)

@@ -91,7 +91,7 @@ class AgentConfig(BaseModel):
 def _default_smoother() -> Any:
     from pydantic import TypeAdapter
 
-    return TypeAdapter(SmootherConfig).validate_python({"type": "ema"})
+    return TypeAdapter(SmootherConfig).validate_python({"type": "segment"})
 
 
 def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:

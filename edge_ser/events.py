@@ -12,7 +12,7 @@ field              type      meaning
 =================  ========  ==================================================================================
 ``schema_version`` int       ``1``; bumped on any incompatible change.
 ``type``           str       ``"state"`` | ``"shift"`` | ``"segment_start"`` | ``"segment_end"`` |
-                             ``"stream_status"``.
+                             ``"utterance"`` | ``"stream_status"``.
 ``id``             str       ``"{run_id}-{stream_id}-{seq}"``: unique per event, stable across re-sends
                              (de-duplicate on it); opaque, do not parse it.
 ``seq``            int       Per stream and run, starts at 1 and grows by 1 with every event of any type;
@@ -38,6 +38,10 @@ Type-specific fields:
   the change is placed (``t`` is when it was decided, so ``t - onset`` is the decision lag), or null.
 - ``segment_start`` / ``segment_end`` (voice activity detection): ``segment_id`` int, the speech segment's
   number within the stream.
+- ``utterance`` (a speech segment's final emotion, once the segment is over and its windows are scored; see
+  ``edge_ser.utterances``): ``segment_id``; ``start`` / ``end`` stream seconds its scored windows cover
+  (``t`` = ``end``); ``probs`` {label: probability} pooled over its windows; ``label`` their argmax;
+  ``confidence`` its probability; ``windows`` how many windows were pooled.
 - ``stream_status``: ``status`` one of ``"online"`` (the stream started), ``"degraded"`` (falling behind or
   dropping audio), ``"ended"`` (it stopped normally), ``"error"`` (it stopped on a failure); ``detail`` a
   human-readable string or null.
@@ -57,9 +61,10 @@ import numpy as np
 
 from edge_ser.smoothing import UNCERTAIN, Shift, StateUpdate
 from edge_ser.types import EMOTIONS, SpeechBoundary
+from edge_ser.utterances import Utterance
 
 SCHEMA_VERSION = 1
-EVENT_TYPES: tuple[str, ...] = ("state", "shift", "segment_start", "segment_end", "stream_status")
+EVENT_TYPES: tuple[str, ...] = ("state", "shift", "segment_start", "segment_end", "utterance", "stream_status")
 STREAM_STATUSES: tuple[str, ...] = ("online", "degraded", "ended", "error")
 
 _COMMON_FIELDS = ("schema_version", "type", "id", "seq", "stream_id", "device_id", "model", "t", "ts")
@@ -68,6 +73,7 @@ _TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     "shift": ("from", "to", "confidence", "onset"),
     "segment_start": ("segment_id",),
     "segment_end": ("segment_id",),
+    "utterance": ("segment_id", "start", "end", "probs", "label", "confidence", "windows"),
     "stream_status": ("status", "detail"),
 }
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -131,18 +137,22 @@ class EventBuilder:
 
     def state(self, update: StateUpdate, wall_time: float, window_end: float | None = None) -> dict[str, Any]:
         """A ``state`` payload; ``window_end`` is the end (stream seconds) of the latest window scored."""
-        probs = np.asarray(update.probs, dtype=np.float64)
-        if probs.shape != (len(self.labels),):
-            raise ValueError(
-                f"event state: expected {len(self.labels)} probabilities for labels {list(self.labels)}, "
-                f"got shape {probs.shape}"
-            )
+        probs = self._probs(update.probs, "state")
         d = self._header("state", update.t, wall_time)
-        d["probs"] = {label: round(float(p), 4) for label, p in zip(self.labels, probs, strict=True)}
+        d["probs"] = probs
         d["dominant"] = update.dominant
         d["confidence"] = round(float(update.confidence), 4)
         d["window_end"] = None if window_end is None else round(float(window_end), 3)
         return d
+
+    def _probs(self, values: np.ndarray, kind: str) -> dict[str, float]:
+        probs = np.asarray(values, dtype=np.float64)
+        if probs.shape != (len(self.labels),):
+            raise ValueError(
+                f"event {kind}: expected {len(self.labels)} probabilities for labels {list(self.labels)}, "
+                f"got shape {probs.shape}"
+            )
+        return {label: round(float(p), 4) for label, p in zip(self.labels, probs, strict=True)}
 
     def shift(self, shift: Shift, wall_time: float) -> dict[str, Any]:
         """A ``shift`` payload."""
@@ -166,6 +176,18 @@ class EventBuilder:
         d["segment_id"] = int(boundary.segment_id)
         return d
 
+    def utterance(self, utterance: Utterance, wall_time: float) -> dict[str, Any]:
+        """An ``utterance`` payload: a speech segment's pooled emotion."""
+        d = self._header("utterance", utterance.end, wall_time)
+        d["segment_id"] = int(utterance.segment_id)
+        d["start"] = round(float(utterance.start), 3)
+        d["end"] = round(float(utterance.end), 3)
+        d["probs"] = self._probs(utterance.probs, "utterance")
+        d["label"] = utterance.label
+        d["confidence"] = round(float(utterance.confidence), 4)
+        d["windows"] = int(utterance.windows)
+        return d
+
     def stream_status(self, status: str, t: float, wall_time: float, detail: str | None = None) -> dict[str, Any]:
         """A ``stream_status`` payload; ``status`` is one of :data:`STREAM_STATUSES`."""
         if status not in STREAM_STATUSES:
@@ -175,10 +197,12 @@ class EventBuilder:
         d["detail"] = detail
         return d
 
-    def build(self, item: StateUpdate | Shift | SpeechBoundary, wall_time: float) -> dict[str, Any]:
-        """The payload for any smoother output or VAD boundary."""
+    def build(self, item: StateUpdate | Shift | SpeechBoundary | Utterance, wall_time: float) -> dict[str, Any]:
+        """The payload for any smoother output, VAD boundary or utterance."""
         if isinstance(item, StateUpdate):
             return self.state(item, wall_time)
+        if isinstance(item, Utterance):
+            return self.utterance(item, wall_time)
         if isinstance(item, Shift):
             return self.shift(item, wall_time)
         if isinstance(item, SpeechBoundary):
@@ -249,7 +273,7 @@ def validate_payload(d: Mapping[str, Any]) -> None:
     _VALIDATORS[kind](d)
 
 
-def _validate_state(d: Mapping[str, Any]) -> None:
+def _validate_probs(d: Mapping[str, Any]) -> Mapping[str, Any]:
     probs = d["probs"]
     if not isinstance(probs, Mapping) or len(probs) < 2:
         _fail("probs", "an object {label: probability} with at least 2 labels", probs)
@@ -261,6 +285,11 @@ def _validate_state(d: Mapping[str, Any]) -> None:
     total = sum(probs.values())
     if abs(total - 1.0) > _PROB_SUM_TOL:
         _fail("probs", f"probabilities summing to 1 (+-{_PROB_SUM_TOL})", total)
+    return probs
+
+
+def _validate_state(d: Mapping[str, Any]) -> None:
+    probs = _validate_probs(d)
     dominant = _check_str(d, "dominant")
     if dominant != UNCERTAIN and dominant not in probs:
         _fail("dominant", f"one of {sorted(probs)} or {UNCERTAIN!r}", dominant)
@@ -285,6 +314,21 @@ def _validate_segment(d: Mapping[str, Any]) -> None:
         _fail("segment_id", "an integer >= 0", d["segment_id"])
 
 
+def _validate_utterance(d: Mapping[str, Any]) -> None:
+    _validate_segment(d)
+    probs = _validate_probs(d)
+    for name in ("start", "end"):
+        if not _is_number(d[name]) or d[name] < 0:
+            _fail(name, "a finite number of stream seconds >= 0", d[name])
+    if d["end"] < d["start"]:
+        _fail("end", f"a time >= start ({d['start']!r})", d["end"])
+    if _check_str(d, "label") not in probs:
+        _fail("label", f"one of {sorted(probs)}", d["label"])
+    _check_unit(d, "confidence")
+    if not _is_int(d["windows"]) or d["windows"] < 1:
+        _fail("windows", "an integer >= 1", d["windows"])
+
+
 def _validate_status(d: Mapping[str, Any]) -> None:
     if d["status"] not in STREAM_STATUSES:
         _fail("status", f"one of {STREAM_STATUSES}", d["status"])
@@ -297,5 +341,6 @@ _VALIDATORS = {
     "shift": _validate_shift,
     "segment_start": _validate_segment,
     "segment_end": _validate_segment,
+    "utterance": _validate_utterance,
     "stream_status": _validate_status,
 }

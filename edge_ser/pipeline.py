@@ -1,7 +1,7 @@
 """The asyncio shell that wires the pure stages together for every stream of one agent process.
 
     Source.run(sink) -> Pipeline (the AudioSink) -> per stream: Segmenter -> Windower -> DynamicBatcher
-    -> (in order) Smoother -> EventBuilder -> Publisher
+    -> (in order) Smoother + UtteranceTracker -> EventBuilder -> Publisher
 
 Each stream has a bounded, ordered queue of work items consumed by its own task, so results are smoothed
 and published in stream order even though windows of all streams share engine batches. A failing stream
@@ -29,6 +29,7 @@ from edge_ser.events import EventBuilder
 from edge_ser.publish import OutboundMessage, Publisher
 from edge_ser.smoothing import Shift, SmootherConfig, StateUpdate, make_smoother
 from edge_ser.types import SAMPLE_RATE, AudioBlock, SpeechBoundary, Window
+from edge_ser.utterances import Utterance, UtteranceTracker
 from edge_ser.vad import Segmenter, VadConfig
 from edge_ser.windows import WindowConfig, Windower
 
@@ -48,6 +49,7 @@ class StreamStats:
     windows_failed: int = 0
     states: int = 0
     shifts: int = 0
+    utterances: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class StreamStats:
             "windows_failed": self.windows_failed,
             "states": self.states,
             "shifts": self.shifts,
+            "utterances": self.utterances,
             "latency_p50_ms": None if lat is None else round(float(np.percentile(lat, 50)) * 1000, 1),
             "latency_p99_ms": None if lat is None else round(float(np.percentile(lat, 99)) * 1000, 1),
         }
@@ -77,6 +80,7 @@ class StreamWorker:
         self.segmenter = Segmenter(stream_id, pipeline.vad_config)
         self.windower = Windower(stream_id, pipeline.window_config)
         self.smoother = make_smoother(pipeline.smoother_config, list(pipeline.labels))
+        self.utterances = UtteranceTracker(pipeline.labels)
         self.events = EventBuilder(pipeline.device_id, stream_id, pipeline.model_id, pipeline.run_id,
                                    labels=pipeline.labels)
         self.stats = StreamStats()
@@ -133,6 +137,11 @@ class StreamWorker:
                 self.stats.shifts += 1
                 self._publish("event", self.events.shift(out, wall))
 
+    def _emit_utterances(self, utterances: list[Utterance]) -> None:
+        for utterance in utterances:
+            self.stats.utterances += 1
+            self._publish("segment", self.events.utterance(utterance, self.pipeline.wall_clock()))
+
     async def _consume(self) -> None:
         while True:
             kind, value = await self.queue.get()
@@ -148,17 +157,24 @@ class StreamWorker:
                         continue
                     self.stats.windows += 1
                     self.last_window_end = window.t1
-                    self._emit(self.smoother.push(window.t0, window.t1, scores.clip_probs()))
+                    probs = scores.clip_probs()
+                    self._emit_utterances(self.utterances.push(window.segment_id, window.t0, window.t1, probs))
+                    self._emit(self.smoother.push(window.t0, window.t1, probs))
                     latency = self.pipeline.clock() - window.ready_at
                     self.stats.latencies_s.append(latency)
                     if self.pipeline.on_latency is not None:
                         self.pipeline.on_latency(self.stream_id, latency)
                 elif kind == "boundary":
                     self._publish("segment", self.events.segment(value, self.pipeline.wall_clock()))
+                    if value.kind == "start":  # the previous segment's windows were all queued before this
+                        self._emit_utterances(self.utterances.close())
+                        self._emit(self.smoother.segment(value.t))
                 elif kind == "gap":
+                    self._emit_utterances(self.utterances.close())
                     self._emit(self.smoother.gap(value))
                 elif kind == "end":
                     reason, error = value
+                    self._emit_utterances(self.utterances.close())
                     self._emit(self.smoother.flush(self.last_t))
                     self.status("error" if error else "ended", reason)
                     return

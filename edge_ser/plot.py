@@ -1,5 +1,5 @@
 """PNG timeline of a replay: class probabilities over time, the dominant-emotion band, reported shifts,
-speech segments and, when given, the ground truth of a shift stream."""
+speech segments, the final label of each utterance and, when given, the ground truth of a shift stream."""
 
 from __future__ import annotations
 
@@ -22,7 +22,15 @@ def plot_timeline(states: list[dict[str, Any]], shifts: list[dict[str, Any]], ou
                   title: str = "") -> Path:
     """Draw the replay to ``out`` (PNG) and return its path."""
     labels = list(states[0]["probs"]) if states else list(_COLORS)[:8]
-    rows = 3 if truth else 2
+    utterances = [seg for seg in segments or [] if seg["type"] == "utterance"]
+    bands: list[tuple[str, list[tuple[float, float, str]]]] = [
+        ("reported", [(s["t"], states[i + 1]["t"] if i + 1 < len(states) else s["t"] + 1.0, s["dominant"])
+                      for i, s in enumerate(states)])]
+    if utterances:
+        bands.append(("utterances", [(u["start"], u["end"], u["label"]) for u in utterances]))
+    if truth:
+        bands.append(("truth", [(x["start"], x["end"], x["label"]) for x in truth]))
+    rows = 1 + len(bands)
     fig, axes = plt.subplots(rows, 1, figsize=(12, 2.2 + 1.4 * rows), sharex=True,
                              gridspec_kw={"height_ratios": [4] + [0.6] * (rows - 1)})
     ax = axes[0]
@@ -41,19 +49,13 @@ def plot_timeline(states: list[dict[str, Any]], shifts: list[dict[str, Any]], ou
     ax.legend(ncol=min(len(labels), 8), fontsize=8, loc="upper right")
     if title:
         ax.set_title(title, pad=18)
-    band = axes[1]
-    for i, s in enumerate(states):
-        end = states[i + 1]["t"] if i + 1 < len(states) else s["t"] + 1.0
-        band.axvspan(s["t"], end, color=_COLORS.get(s["dominant"], "#000000"), lw=0)
-    band.set_yticks([])
-    band.set_ylabel("reported", rotation=0, ha="right", va="center")
-    if truth:
-        axes[2].set_yticks([])
-        axes[2].set_ylabel("truth", rotation=0, ha="right", va="center")
-        for interval in truth:
-            axes[2].axvspan(interval["start"], interval["end"], color=_COLORS.get(interval["label"], "#000"), lw=0)
-            axes[2].text((interval["start"] + interval["end"]) / 2, 0.5, interval["label"], ha="center",
-                         va="center", fontsize=8)
+    for band, (name, spans) in zip(axes[1:], bands, strict=True):
+        band.set_yticks([])
+        band.set_ylabel(name, rotation=0, ha="right", va="center")
+        for start, end, label in spans:
+            band.axvspan(start, end, color=_COLORS.get(label, "#000000"), lw=0)
+            if name != "reported":
+                band.text((start + end) / 2, 0.5, label, ha="center", va="center", fontsize=8)
     axes[-1].set_xlabel("stream time (s)")
     fig.tight_layout()
     out = Path(out)

@@ -51,7 +51,7 @@ def _bar(p: float, width: int = 20) -> str:
 
 
 def describe(msg: OutboundMessage) -> str | None:
-    """One human line for a state, shift or segment payload; None for other kinds."""
+    """One human line for a state, shift, segment or utterance payload; None for other kinds."""
     p = msg.payload
     if msg.kind == "state":
         others = sorted(((k, v) for k, v in p["probs"].items() if k != p["dominant"]), key=lambda kv: -kv[1])
@@ -59,6 +59,9 @@ def describe(msg: OutboundMessage) -> str | None:
         return f"{_clock(p['t'])}  {p['dominant']:<10} {p['confidence']:.2f} {_bar(p['confidence'])}  {rest}"
     if msg.kind == "event":
         return f"{_clock(p['t'])}  >>> SHIFT {p['from']} -> {p['to']} (confidence {p['confidence']:.2f})"
+    if msg.kind == "segment" and p["type"] == "utterance":
+        return (f"{_clock(p['t'])}  === utterance {_clock(p['start'])}-{_clock(p['end'])}: {p['label']} "
+                f"({p['confidence']:.2f})")
     if msg.kind == "segment":
         return f"{_clock(p['t'])}  --- speech {'starts' if p['type'] == 'segment_start' else 'ends'}"
     return None

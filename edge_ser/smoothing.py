@@ -40,6 +40,15 @@ Smoothers (``type`` in :data:`SmootherConfig`):
   probabilities are the fixed-lag smoothed posterior of the last committed window.
 - ``median``: per-class median over the last ``k`` windows (renormalised), with the same ``margin``
   hysteresis as ``ema``.
+- ``segment``: speech segments (utterances between pauses, :meth:`Smoother.segment` marks each start) are
+  the unit of change. The windows of the open segment are pooled (``edge_ser.utterances.SegmentEvidence``,
+  the last ``memory_s`` of it); once the segment holds ``decide_after_s`` of audio (or ends sooner, being
+  at least ``min_segment_s`` long) its estimate is decided at once, a change placed at the segment's start;
+  later windows of the same segment go through the usual dwell and margin. Segments shorter than
+  ``min_segment_s`` (clicks, breaths, fillers) never change the emotion. Evidence never crosses a pause, so a
+  new utterance is not dragged toward the previous one's emotion.
+
+:meth:`Smoother.segment` is a no-op for the others (they smooth across pauses).
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from edge_ser.utterances import SegmentEvidence
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +194,40 @@ class MedianSmootherConfig(_CommonSmootherConfig):
     )
 
 
-SmootherConfig = Annotated[
-    EmaSmootherConfig | HmmSmootherConfig | MedianSmootherConfig, Field(discriminator="type")
-]
-"""Smoother settings; the ``type`` field ("ema" | "hmm" | "median") picks the smoother."""
+class SegmentSmootherConfig(_CommonSmootherConfig):
+    """Speech segments (utterances between pauses) as the unit of change."""
+
+    type: Literal["segment"] = Field("segment", description="Selects the per-segment (utterance) smoother.")
+    decide_after_s: float = Field(
+        1.0, gt=0, description="Seconds of a segment's audio after which its estimate is decided at once (a "
+        "change is placed at the segment's start); a shorter segment is decided when it ends.")
+    min_segment_s: float = Field(
+        0.8, ge=0, description="Segments shorter than this (clicks, breaths, single words) never change the "
+        "emotion.")
+    memory_s: float | None = Field(
+        4.0, gt=0, description="Within a segment, pool only the windows that ended in the last memory_s seconds "
+        "(None: the whole segment).")
+    min_dwell_s: float = Field(
+        3.0, ge=0, description="After a segment's decision, seconds a new label must stay the candidate before "
+        "adoption (changes inside one long segment).")
+    min_confidence: float = Field(
+        0.25, ge=0, le=1, description="A top probability below this makes the state 'uncertain'.")
+    min_gap: float = Field(
+        0.0, ge=0, le=1, description="A gap between the top two probabilities below this makes the state "
+        "'uncertain'.")
+    margin: float = Field(
+        0.1, ge=0, le=1, description="Probability lead a challenger needs over the incumbent label.")
+
+
+AnySmootherConfig = EmaSmootherConfig | HmmSmootherConfig | MedianSmootherConfig | SegmentSmootherConfig
+
+SmootherConfig = Annotated[AnySmootherConfig, Field(discriminator="type")]
+"""Smoother settings; the ``type`` field ("ema" | "hmm" | "median" | "segment") picks the smoother."""
 
 _CONFIG_ADAPTER: TypeAdapter[Any] = TypeAdapter(SmootherConfig)
 
 
-def parse_smoother_config(data: Mapping[str, Any]) -> EmaSmootherConfig | HmmSmootherConfig | MedianSmootherConfig:
+def parse_smoother_config(data: Mapping[str, Any]) -> AnySmootherConfig:
     """Validate a mapping (e.g. from YAML) into the smoother config its ``type`` names."""
     return _CONFIG_ADAPTER.validate_python(dict(data))
 
@@ -204,6 +240,7 @@ class _Evidence:
     probs: np.ndarray
     proposed: str | None = None
     placed: bool = False  # te already places a change to ``proposed`` (else: from the raw windows)
+    immediate: bool = False  # adopt the candidate at once (no dwell): a decision made once per segment
 
 
 class Smoother(ABC):
@@ -218,6 +255,11 @@ class Smoother(ABC):
     @abstractmethod
     def gap(self, t: float) -> list[StateUpdate | Shift]:
         """No speech up to ``t``: states keep ticking (decay or hold); no new emotion is adopted."""
+
+    @abstractmethod
+    def segment(self, t: float) -> list[StateUpdate | Shift]:
+        """A speech segment starts at ``t`` (after a pause; ``t`` may lie before the latest time given, as the
+        VAD reaches back for the onset)."""
 
     @abstractmethod
     def flush(self, t: float) -> list[StateUpdate | Shift]:
@@ -287,6 +329,12 @@ class _GridSmoother(Smoother):
     def _has_pending(self) -> bool:
         return False
 
+    def _segment_start(self, t: float) -> list[_Evidence]:
+        return []
+
+    def _segment_over(self) -> list[_Evidence]:
+        return []
+
     # --- public interface ---------------------------------------------------------------------------
     def reset(self) -> None:
         self._probs: np.ndarray | None = None  # the current estimate (what states publish)
@@ -322,15 +370,31 @@ class _GridSmoother(Smoother):
     def gap(self, t: float) -> list[StateUpdate | Shift]:
         t = self._check_time(t, "gap")
         out: list[StateUpdate | Shift] = []
+        over = self._segment_over()
+        if over:
+            self._tick(t, inclusive=False, out=out)
+            for ev in over:
+                self._apply(max(t, self._now), ev, out)
         self._in_gap = True
         self._tick(t, inclusive=True, out=out)
         self._now = max(self._now, t)
+        return out
+
+    def segment(self, t: float) -> list[StateUpdate | Shift]:
+        t = self._check_time(t, "segment")
+        now = max(t, self._now)
+        out: list[StateUpdate | Shift] = []
+        self._tick(now, inclusive=False, out=out)
+        for ev in self._segment_start(t):
+            self._apply(now, ev, out)
         return out
 
     def flush(self, t: float) -> list[StateUpdate | Shift]:
         t = max(self._check_time(t, "flush"), self._now)
         out: list[StateUpdate | Shift] = []
         self._tick(t, inclusive=False, out=out)
+        for ev in self._segment_over():
+            self._apply(t, ev, out)
         for ev in self._finalize():
             self._apply(t, ev, out)
         self._tick(t, inclusive=True, out=out)
@@ -414,7 +478,7 @@ class _GridSmoother(Smoother):
         self._probs = ev.probs
         self._proposed = ev.proposed
         self._decay_from = max(self._decay_from, t)
-        self._evaluate(t, ev.te, gap_tick=False, out=out, placed=ev.placed)
+        self._evaluate(t, ev.te, gap_tick=False, out=out, placed=ev.placed, immediate=ev.immediate)
 
     def _place_onset(self, cand: str, fallback: float) -> float:
         """Where a change from the dominant label to ``cand`` began: the start of the latest run of raw
@@ -429,7 +493,7 @@ class _GridSmoother(Smoother):
             onset = min(onset, te)
         return onset
 
-    def _candidate(self) -> str:
+    def _candidate(self, hysteresis: bool = True) -> str:
         probs = self._probs
         assert probs is not None
         i1, i2 = np.argsort(-probs, kind="stable")[:2]
@@ -437,16 +501,22 @@ class _GridSmoother(Smoother):
         if p1 < self.config.min_confidence or p1 - p2 < self.config.min_gap:
             return UNCERTAIN
         cand = self._proposed if self._proposed is not None else self.labels[i1]
-        if cand != self._dominant and self._dominant != UNCERTAIN and self._margin > 0:
+        if hysteresis and cand != self._dominant and self._dominant != UNCERTAIN and self._margin > 0:
             lead = probs[self._index[cand]] - probs[self._index[self._dominant]]
             if lead < self._margin - _EPS:
                 return self._dominant
         return cand
 
     def _evaluate(
-        self, t: float, te: float, gap_tick: bool, out: list[StateUpdate | Shift], placed: bool = False
+        self,
+        t: float,
+        te: float,
+        gap_tick: bool,
+        out: list[StateUpdate | Shift],
+        placed: bool = False,
+        immediate: bool = False,
     ) -> None:
-        cand = self._candidate()
+        cand = self._candidate(hysteresis=not immediate)
         if cand == self._dominant:
             self._pending = None
             self._unseated_since = None
@@ -463,7 +533,7 @@ class _GridSmoother(Smoother):
             onset = te if placed else self._place_onset(cand, te)
             self._pending, self._pending_since, self._pending_onset = cand, t, onset
         dwell = self.config.min_dwell_s - _EPS
-        if t - self._pending_since >= dwell:
+        if immediate or t - self._pending_since >= dwell:
             self._adopt(t, out)
         elif self._dominant != UNCERTAIN and t - self._unseated_since >= dwell:
             # challengers keep replacing each other: abstain rather than hold a label the evidence left
@@ -671,8 +741,53 @@ class HmmSmoother(_GridSmoother):
         self._alpha = self._prior + (self._alpha - self._prior) * factor
 
 
+class SegmentSmoother(_GridSmoother):
+    """Speech segments as the unit of change (see the module docstring)."""
+
+    config: SegmentSmootherConfig
+
+    def __init__(self, config: SegmentSmootherConfig, labels: Sequence[str]) -> None:
+        super().__init__(config, labels, margin=config.margin)
+
+    def _reset_model(self) -> None:
+        self._evidence = SegmentEvidence(len(self.labels), self.config.memory_s)
+        self._seg_start: float | None = None
+        self._decided = False
+
+    def _segment_start(self, t: float) -> list[_Evidence]:
+        out = self._segment_over()
+        self._seg_start = t
+        return out
+
+    def _segment_over(self) -> list[_Evidence]:
+        out = []
+        if not self._decided and not self._evidence.empty and self._evidence.span_s >= self.config.min_segment_s - _EPS:
+            out.append(self._decision())
+        self._evidence = SegmentEvidence(len(self.labels), self.config.memory_s)
+        self._seg_start = None
+        self._decided = False
+        return out
+
+    def _decision(self) -> _Evidence:
+        self._decided = True
+        start = self._evidence.start if self._seg_start is None else min(self._seg_start, self._evidence.start)
+        return _Evidence(te=start, probs=self._evidence.probs(), placed=True, immediate=True)
+
+    def _observe(self, t0: float, t1: float, probs: np.ndarray) -> list[_Evidence]:
+        self._evidence.add(t0, t1, probs)
+        if self._decided:
+            return [_Evidence(te=(t0 + t1) / 2, probs=self._evidence.probs())]
+        span = self._evidence.span_s
+        if span >= self.config.decide_after_s - _EPS and span >= self.config.min_segment_s - _EPS:
+            return [self._decision()]
+        return []
+
+    def _decay_model(self, factor: float) -> None:
+        pass  # the pooled evidence belongs to one segment and is dropped at its end
+
+
 def make_smoother(
-    config: EmaSmootherConfig | HmmSmootherConfig | MedianSmootherConfig | Mapping[str, Any],
+    config: AnySmootherConfig | Mapping[str, Any],
     labels: Sequence[str],
 ) -> Smoother:
     """Build the smoother ``config`` selects, over the model's ``labels`` (in output order)."""
@@ -684,4 +799,8 @@ def make_smoother(
         return HmmSmoother(config, labels)
     if isinstance(config, MedianSmootherConfig):
         return MedianSmoother(config, labels)
-    raise TypeError(f"make_smoother: expected a smoother config (ema | hmm | median), got {type(config).__name__}")
+    if isinstance(config, SegmentSmootherConfig):
+        return SegmentSmoother(config, labels)
+    raise TypeError(
+        f"make_smoother: expected a smoother config (ema | hmm | median | segment), got {type(config).__name__}"
+    )

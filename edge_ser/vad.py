@@ -8,6 +8,17 @@ non-speech. Non-speech frames inside a segment are held back until speech resume
 with its closing silence and its end boundary is the end of the last speech frame. Segments longer than
 ``max_segment_s`` are split (an end and a start at the same instant).
 
+webrtcvad alone calls steady low-level noise speech, so pauses filled with noise would never end a segment
+and noise bursts would open one. Two tests guard against that:
+
+- the energy gate (``gate_above_floor_db``; None turns it off): a frame counts as speech only when webrtcvad
+  says so *and* its energy is ``gate_above_floor_db`` over the noise floor (10th percentile of the frame
+  energies of the last ``gate_window_s``) and no more than ``gate_below_speech_db`` under the speech level
+  (their 90th percentile); digital silence (below -90 dBFS) is never speech and stays out of both;
+- voicing: a segment opens only once its run of speech frames holds ``min_voiced_ms`` of voiced frames (a
+  periodic waveform: normalised autocorrelation peak of at least ``voicing_threshold`` at a pitch lag of
+  2.5-20 ms). Noise, clicks and hum carry no vowel.
+
 Blocks may have any length (an internal buffer cuts frames). Time is an input: stream-relative seconds from
 the blocks, never the clock. A block that does not continue where the previous one ended (a gap in the
 stream) closes the open segment and restarts the frame grid at the new block.
@@ -41,10 +52,23 @@ class VadConfig(BaseModel):
     frame_ms: Literal[10, 20, 30] = Field(30, description="VAD frame length (ms).")
     start_hangover_ms: int = Field(150, ge=0, le=5000, description="Consecutive speech needed to open a "
                                                                   "segment (ms); at least one frame.")
-    end_hangover_ms: int = Field(500, ge=0, le=10000, description="Non-speech that closes a segment (ms); at "
-                                                                  "least one frame.")
+    end_hangover_ms: int = Field(250, ge=0, le=10000, description="Non-speech that closes a segment (ms); at "
+                                                                  "least one frame. Segments are utterances: the "
+                                                                  "smoother decides emotion per segment.")
     pre_roll_ms: int = Field(200, ge=0, le=5000, description="Audio kept before the detected speech onset (ms).")
     max_segment_s: float = Field(30.0, ge=1.0, le=3600.0, description="Longer segments are split (s).")
+    gate_above_floor_db: float | None = Field(
+        10.0, ge=0.0, le=60.0, description="Energy gate: a speech frame must be this many dB above the running noise "
+        "floor (10th percentile of recent frame energies). None: webrtcvad alone.")
+    gate_below_speech_db: float = Field(
+        30.0, ge=0.0, le=90.0, description="Energy gate: a speech frame must also be within this many dB of the "
+        "running speech level (90th percentile of recent frame energies).")
+    min_voiced_ms: int = Field(60, ge=0, le=5000, description="Voiced speech a run must hold before a segment "
+                                                              "opens (ms; 0: no voicing test).")
+    voicing_threshold: float = Field(0.6, gt=0.0, lt=1.0, description="Normalised autocorrelation peak (pitch lags "
+                                                                     "2.5-20 ms) that makes a frame voiced.")
+    gate_window_s: float = Field(10.0, ge=0.5, le=600.0, description="Energy gate: seconds of frame energies the "
+                                                                     "floor and speech level are taken over.")
 
     @model_validator(mode="after")
     def _check(self) -> VadConfig:
@@ -52,6 +76,62 @@ class VadConfig(BaseModel):
             raise ValueError(f"max_segment_s ({self.max_segment_s}) must hold at least two frames of "
                              f"{self.frame_ms} ms")
         return self
+
+
+class EnergyGate:
+    """Running frame-energy threshold: ``above_floor_db`` over the noise floor and at least the speech level less
+    ``below_speech_db``, both percentiles of the last ``window_frames`` frame energies (dBFS)."""
+
+    FLOOR_PERCENTILE = 10.0
+    SPEECH_PERCENTILE = 90.0
+    UPDATE_EVERY = 8  # frames between threshold updates
+    SILENCE_DB = -90.0  # frames quieter than this (dBFS) are digital silence
+
+    def __init__(self, above_floor_db: float, below_speech_db: float, window_frames: int) -> None:
+        self.above_floor_db = above_floor_db
+        self.below_speech_db = below_speech_db
+        self._energies = np.zeros(max(1, window_frames))
+        self.reset()
+
+    def reset(self) -> None:
+        self._n = 0
+        self._threshold = -math.inf
+
+    @property
+    def threshold_db(self) -> float:
+        return self._threshold
+
+    def admits(self, frame: np.ndarray) -> bool:
+        """Record the frame's energy; whether it clears the threshold (the first frames always do). Digital
+        silence (below ``SILENCE_DB``) is never speech and is left out of the statistics: zero padding in a file
+        would otherwise drag the noise floor far under the real background."""
+        db = 10.0 * math.log10(float(np.mean(np.square(frame, dtype=np.float64))) + 1e-12)
+        if db < self.SILENCE_DB:
+            return False
+        self._energies[self._n % self._energies.size] = db
+        self._n += 1
+        if self._n % self.UPDATE_EVERY == 1 or self._n <= self.UPDATE_EVERY:
+            recent = self._energies[: min(self._n, self._energies.size)]
+            floor, speech = np.percentile(recent, [self.FLOOR_PERCENTILE, self.SPEECH_PERCENTILE])
+            self._threshold = max(floor + self.above_floor_db, speech - self.below_speech_db)
+        return db >= self._threshold
+
+
+def voicing(frame: np.ndarray) -> float:
+    """Peak normalised autocorrelation of ``frame`` over pitch lags of 2.5-20 ms (50-400 Hz): near 1 for a
+    periodic (voiced) waveform, near 0 for noise."""
+    x = np.asarray(frame, dtype=np.float64)
+    x = x - x.mean()
+    n = x.size
+    lo, hi = SAMPLE_RATE // 400, min(SAMPLE_RATE // 50, n - 1)
+    if hi <= lo:
+        return 0.0
+    spectrum = np.fft.rfft(x, 2 * n)
+    ac = np.fft.irfft(spectrum * np.conj(spectrum))[:hi]
+    if ac[0] <= 0:
+        return 0.0
+    lags = np.arange(lo, hi)
+    return float(np.max(ac[lo:hi] / ac[0] * n / (n - lags)))
 
 
 def _frames_for(ms: int, frame_ms: int) -> int:
@@ -69,8 +149,12 @@ class Segmenter:
         self._start_frames = _frames_for(self.config.start_hangover_ms, self.config.frame_ms)
         self._end_frames = _frames_for(self.config.end_hangover_ms, self.config.frame_ms)
         self._pre_roll_frames = math.ceil(self.config.pre_roll_ms / self.config.frame_ms)
+        self._voiced_frames = math.ceil(self.config.min_voiced_ms / self.config.frame_ms)
         self._max_segment = round(self.config.max_segment_s * SAMPLE_RATE)
         self._next_segment_id = 0  # keeps counting across reset(): segment ids stay unique per stream
+        c = self.config
+        self._gate = None if c.gate_above_floor_db is None else EnergyGate(
+            c.gate_above_floor_db, c.gate_below_speech_db, round(c.gate_window_s * 1000 / c.frame_ms))
         self.reset()
 
     def reset(self) -> None:
@@ -80,12 +164,15 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.float32)  # the start of an incomplete frame
         self._history: deque[tuple[int, np.ndarray]] = deque(maxlen=self._start_frames + self._pre_roll_frames)
         self._run = 0  # consecutive speech frames outside a segment
+        self._run_voiced = 0  # voiced frames in that run
         self._segment: int | None = None  # id of the open segment
         self._seg_start = 0  # sample index where the open segment starts
         self._emitted_end = 0  # sample index just after the last emitted speech sample
         self._held: list[tuple[int, np.ndarray]] = []  # non-speech frames inside a segment, not yet emitted
         self._chunk: list[np.ndarray] = []  # speech samples of this call not yet wrapped in an AudioBlock
         self._chunk_start = 0
+        if self._gate is not None:
+            self._gate.reset()
 
     @property
     def in_speech(self) -> bool:
@@ -132,14 +219,19 @@ class Segmenter:
         return self._origin + index / SAMPLE_RATE
 
     def _is_speech(self, frame: np.ndarray) -> bool:
+        loud_enough = self._gate is None or self._gate.admits(frame)
         pcm = np.clip(frame * 32768.0, -32768, 32767).astype("<i2").tobytes()
-        return self._vad.is_speech(pcm, SAMPLE_RATE)
+        return self._vad.is_speech(pcm, SAMPLE_RATE) and loud_enough
 
     def _step(self, index: int, frame: np.ndarray, speech: bool, out: list[SpeechBoundary | AudioBlock]) -> None:
         if self._segment is None:
             self._history.append((index, frame))
             self._run = self._run + 1 if speech else 0
-            if self._run >= self._start_frames:
+            if not speech:
+                self._run_voiced = 0
+            elif self._run_voiced < self._voiced_frames and voicing(frame) >= self.config.voicing_threshold:
+                self._run_voiced += 1
+            if self._run >= self._start_frames and self._run_voiced >= self._voiced_frames:
                 run_start = index - (self._run - 1) * self._frame
                 start = run_start - self._pre_roll_frames * self._frame
                 frames = [(i, f) for i, f in self._history if i >= start]
@@ -148,6 +240,7 @@ class Segmenter:
                     self._emit(i, f, out)
                 self._history.clear()
                 self._run = 0
+                self._run_voiced = 0
             return
         if speech:
             for i, f in self._held:
@@ -175,6 +268,7 @@ class Segmenter:
         self._history.extend(self._held)  # the dropped silence may serve as the next segment's pre-roll
         self._held.clear()
         self._run = 0
+        self._run_voiced = 0
 
     def _emit(self, index: int, frame: np.ndarray, out: list[SpeechBoundary | AudioBlock]) -> None:
         """Add one frame of the open segment to the output, splitting at ``max_segment_s``."""

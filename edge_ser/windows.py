@@ -10,6 +10,11 @@ the hop grid would have had. It is emitted if at least ``min_window_s`` long; a 
 Window lengths are whole multiples of 320 samples (20 ms: one encoder frame, two 10 ms mel frames): a
 length that is not is trimmed at the start (the newest audio is kept), never padded. Nothing is ever padded
 to Whisper's 30 s.
+
+With ``grow`` on, a segment also gets windows that start at the segment's start and end every ``hop_s``
+until the first full window: a 2 s / 0.5 s windower scores 0.5, 1.0 and 1.5 s of a new segment before the
+first 2 s window (those at least ``min_window_s`` long), so the first result about a new utterance comes
+``hop_s`` after it starts instead of ``window_s``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class WindowConfig(BaseModel):
     hop_s: float = Field(1.0, gt=0, le=30.0, description="Step between window starts inside a segment (s).")
     min_window_s: float = Field(0.5, ge=0.02, le=30.0, description="Shortest window scored at a segment's "
                                                                    "end or for a short segment (s).")
+    grow: bool = Field(True, description="Also score windows from the segment start every hop_s until the first "
+                                          "full window (a first result hop_s into each segment).")
 
     @model_validator(mode="after")
     def _check(self) -> WindowConfig:
@@ -71,6 +78,7 @@ class Windower:
         self._n = 0  # samples received in the segment
         self._next = 0  # start (segment index) of the next full window
         self._covered = 0  # end of the last full window
+        self._grown = 0  # end of the last growing window
 
     def push(self, item: SpeechBoundary | AudioBlock) -> list[Window]:
         """Feed one segmenter output; return the windows it completes."""
@@ -96,6 +104,12 @@ class Windower:
         self._buf = np.concatenate([self._buf, samples]) if self._buf.size else samples
         self._n += samples.size
         out = []
+        if self.config.grow:
+            while self._grown + self.hop_samples < min(self.window_samples, self._n + 1):
+                self._grown += self.hop_samples
+                length = _quantize(self._grown)
+                if length >= self.min_samples:
+                    out.append(self._window(self._grown - length, self._grown))
         while self._next + self.window_samples <= self._n:
             out.append(self._window(self._next, self._next + self.window_samples))
             self._covered = self._next + self.window_samples
@@ -112,7 +126,7 @@ class Windower:
 
     def _close(self) -> list[Window]:
         out = []
-        if self._segment is not None and self._n > self._covered:
+        if self._segment is not None and self._n > max(self._covered, self._grown):
             length = _quantize(self._n - min(self._next, self._n))
             if length >= self.min_samples:
                 out.append(self._window(self._n - length, self._n))

@@ -100,6 +100,11 @@ def test_replay_publishes_schema_valid_states_segments_and_the_shift(tmp_path: P
     assert kinds[0] == "stream_status" and payloads[0][1]["status"] == "online"
     assert kinds[-1] == "stream_status" and payloads[-1][1]["status"] == "ended"
     assert "segment_start" in kinds and "segment_end" in kinds
+    ends = {p["segment_id"]: p["t"] for _, p, _ in payloads if p["type"] == "segment_end"}
+    utterances = [p for _, p, _ in payloads if p["type"] == "utterance"]
+    assert utterances and {u["segment_id"] for u in utterances} <= set(ends)  # one per scored segment
+    for u in utterances:  # published once the segment is over, with the emotion of its windows
+        assert u["end"] <= ends[u["segment_id"]] + 1e-3 and u["label"] == max(u["probs"], key=u["probs"].get)
     states = [p for _, p, _ in payloads if p["type"] == "state"]
     assert len(states) >= 10
     assert [s["t"] for s in states] == sorted(s["t"] for s in states)

@@ -12,6 +12,7 @@ import pytest
 from edge_ser.events import SCHEMA_VERSION, EventBuilder, format_ts, validate_payload
 from edge_ser.smoothing import UNCERTAIN, Shift, StateUpdate
 from edge_ser.types import EMOTIONS, SpeechBoundary
+from edge_ser.utterances import Utterance
 
 WALL = 1_700_000_000.1234  # 2023-11-14T22:13:20.123Z
 
@@ -169,3 +170,21 @@ def test_validate_payload_type_specific_fields() -> None:
         validate_payload({**status, "status": "sad"})
     with pytest.raises(ValueError, match="JSON object"):
         validate_payload(["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+def test_utterance_payload_fields_and_validation() -> None:
+    p = np.full(len(EMOTIONS), 0.3 / (len(EMOTIONS) - 1), dtype=np.float32)
+    p[EMOTIONS.index("sad")] = 0.7
+    d = builder().build(Utterance(4, 2.5, 5.25, p, "sad", 0.7, 3), WALL)
+    validate_payload(d)
+    assert d["type"] == "utterance" and d["t"] == 5.25 and d["segment_id"] == 4
+    assert (d["start"], d["end"], d["label"], d["confidence"], d["windows"]) == (2.5, 5.25, "sad", 0.7, 3)
+    assert d["probs"]["sad"] == 0.7 and set(d["probs"]) == set(EMOTIONS)
+    with pytest.raises(ValueError, match="'end'"):
+        validate_payload({**d, "end": 1.0})
+    with pytest.raises(ValueError, match="'label'"):
+        validate_payload({**d, "label": "bored"})
+    with pytest.raises(ValueError, match="'windows'"):
+        validate_payload({**d, "windows": 0})
+    with pytest.raises(ValueError, match="probabilities"):
+        builder().utterance(Utterance(0, 0.0, 1.0, p[:4], "sad", 0.7, 1), WALL)

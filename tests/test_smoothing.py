@@ -288,3 +288,80 @@ def test_incumbent_left_by_rotating_challengers_becomes_uncertain() -> None:
     assert states[3].dominant == "sad"
     assert states[-1].dominant == UNCERTAIN
     assert shifts == []
+
+
+# --- the segment smoother: utterances between pauses are the unit of change ------------------------------
+
+
+def utterance(smoother, start: float, end: float, p: np.ndarray, hop: float = 1.0,
+              window: float = 2.0) -> list[StateUpdate | Shift]:
+    """One speech segment as the pipeline feeds it: segment start, growing then sliding windows, tail, a gap."""
+    out = smoother.segment(start)
+    ends = [start + hop * k for k in range(1, int((end - start) / hop + 1e-9) + 1)]
+    for t1 in ends:
+        out += smoother.push(max(start, t1 - window), t1, p)
+    if not ends or ends[-1] < end - 1e-9:
+        out += smoother.push(max(start, end - window), end, p)
+    return out + smoother.gap(end + 0.5)
+
+
+def test_segment_smoother_decides_each_utterance_after_one_second_at_its_start() -> None:
+    smoother = make_smoother({"type": "segment"}, EMOTIONS)
+    out = utterance(smoother, 0.0, 3.0, probs(happy=0.6))
+    out += utterance(smoother, 3.6, 6.6, probs(sad=0.6))
+    out += smoother.flush(7.5)
+    assert [(s.from_label, s.to_label, s.onset, s.t) for s in shifts(out)] == [("happy", "sad", 3.6, 4.6)]
+    assert {s.dominant for s in states(out) if 5.0 <= s.t <= 7.0} == {"sad"}
+
+
+def test_segment_evidence_does_not_cross_a_pause() -> None:
+    """A strongly happy utterance does not drag a weakly sad one: its first second decides alone."""
+    smoother = make_smoother({"type": "segment"}, EMOTIONS)
+    out = utterance(smoother, 0.0, 6.0, probs(happy=0.95))
+    out += utterance(smoother, 6.5, 9.0, probs(sad=0.3, happy=0.2))
+    assert [(s.from_label, s.to_label) for s in shifts(out)] == [("happy", "sad")]
+    ema = make_smoother({"type": "ema", "tau_s": 2.0}, EMOTIONS)  # an average across the pause lags behind
+    lagging = utterance(ema, 0.0, 6.0, probs(happy=0.95)) + utterance(ema, 6.5, 9.0, probs(sad=0.3, happy=0.2))
+    assert shifts(lagging) == [] or shifts(lagging)[0].t > 7.5
+
+
+def test_short_utterance_never_changes_the_emotion() -> None:
+    smoother = make_smoother({"type": "segment"}, EMOTIONS)
+    out = utterance(smoother, 0.0, 3.0, probs(happy=0.7))
+    out += utterance(smoother, 3.5, 4.1, probs(angry=0.9))  # 0.6 s < min_segment_s (0.8 s)
+    out += utterance(smoother, 4.6, 7.6, probs(happy=0.7))
+    assert shifts(out) == []
+    longer = make_smoother({"type": "segment", "min_segment_s": 0.5}, EMOTIONS)
+    out = utterance(longer, 0.0, 3.0, probs(happy=0.7)) + utterance(longer, 3.5, 4.1, probs(angry=0.9))
+    assert [(s.from_label, s.to_label, s.t) for s in shifts(out)] == [("happy", "angry", 4.6)]  # at the gap
+
+
+def test_change_inside_a_long_utterance_needs_the_dwell() -> None:
+    smoother = make_smoother({"type": "segment"}, EMOTIONS)
+    out = smoother.segment(0.0)
+    for t1 in np.arange(1.0, 21.0, 1.0):
+        out += smoother.push(max(0.0, t1 - 2.0), t1, probs(happy=0.8) if t1 <= 10.0 else probs(sad=0.8))
+    found = shifts(out)
+    assert [(s.from_label, s.to_label) for s in found] == [("happy", "sad")]
+    assert 10.0 + 3.0 <= found[0].t <= 10.0 + 3.0 + 4.0  # the dwell, plus the 4 s memory draining
+    assert found[0].onset is not None and 9.0 <= found[0].onset <= 12.0
+
+
+def test_segment_smoother_abstains_when_asked_and_resets() -> None:
+    strict = make_smoother({"type": "segment", "min_gap": 0.1}, EMOTIONS)
+    out = utterance(strict, 0.0, 3.0, probs(happy=0.45, sad=0.45))
+    assert states(out) and all(s.dominant == UNCERTAIN for s in states(out))
+    smoother = make_smoother({"type": "segment"}, EMOTIONS)
+    first = utterance(smoother, 0.0, 3.0, probs(happy=0.6)) + utterance(smoother, 3.6, 6.6, probs(sad=0.6))
+    smoother.reset()
+    again = utterance(smoother, 0.0, 3.0, probs(happy=0.6)) + utterance(smoother, 3.6, 6.6, probs(sad=0.6))
+    assert [(type(a), a.t) for a in first] == [(type(b), b.t) for b in again]
+    assert shifts(first) == shifts(again)
+
+
+def test_segment_marks_are_harmless_to_the_other_smoothers() -> None:
+    for kind in sorted(CONFIGS):
+        plain = run(make_smoother(CONFIGS[kind], EMOTIONS), step_stream(), end=20.0)
+        marked_smoother = make_smoother(CONFIGS[kind], EMOTIONS)
+        marked = marked_smoother.segment(0.0) + run(marked_smoother, step_stream(), end=20.0)
+        assert shifts(plain) == shifts(marked)

@@ -28,7 +28,7 @@ needs_model = pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="n
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Two emodb streams scored once with the agent's defaults (ctranslate2 int8, ema); cache filled."""
+    """Two emodb streams scored once with the agent's defaults (ctranslate2 int8, segment); cache filled."""
     root = tmp_path_factory.mktemp("stream-eval")
     build_streams(MANIFEST, root / "streams", StreamBuildConfig(n=2, seed=0, corpora=("emodb",)))
     out = root / "tracking.json"
@@ -51,16 +51,18 @@ def test_report_has_every_metric_in_range(first_run: dict[str, Any]) -> None:
     assert [s["name"] for s in report["streams"]] == ["stream_000", "stream_001"]
     for entry in [*report["streams"], report["aggregate"], *report["corpora"].values()]:
         t = entry["tracking"]
-        assert _in_unit(t["ua"]) and _in_unit(t["wa"]) and _in_unit(entry["clip_ua"])
+        assert _in_unit(t["ua"]) and _in_unit(t["ua_final"]) and _in_unit(t["wa"]) and _in_unit(entry["clip_ua"])
         assert entry["ua_gap"] == pytest.approx(abs(entry["clip_ua"] - t["ua"]))
+        assert entry["ua_final_gap"] == pytest.approx(abs(entry["clip_ua"] - t["ua_final"]))
+        assert sum(t["final_total"].values()) == t["n_seconds"]  # the same seconds, answered by utterances
         seconds = entry["seconds"]  # every scored second answered right, wrong, 'uncertain' or not yet
         assert sum(seconds.values()) == t["n_seconds"] and seconds["correct"] == sum(t["class_correct"].values())
         assert t["n_true"] >= 3  # at least 4 clips per stream
         for key in ("precision", "recall", "f1"):
             assert t[key] is None or 0.0 <= t[key] <= 1.0
         assert t["median_delay_s"] is None or math.isfinite(t["median_delay_s"])
-        assert t["spurious_per_min"] is None or t["spurious_per_min"] >= 0.0
-        assert set(entry["targets"]) == {"f1", "median_delay_s", "spurious_per_min", "ua_gap"}
+        assert t["spurious_per_min"] is None or 0.0 <= t["spurious_per_min"] <= t["unmatched_per_min"]
+        assert set(entry["targets"]) == {"f1", "median_delay_s", "spurious_per_min", "ua_final_gap"}
     agg = report["aggregate"]["tracking"]
     assert agg["n_streams"] == 2 and agg["n_true"] == sum(s["tracking"]["n_true"] for s in report["streams"])
     assert agg["n_seconds"] > 10

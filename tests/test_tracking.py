@@ -74,7 +74,16 @@ def test_spurious_shift_in_steady_emotion() -> None:
     assert r.n_matched == 2 and r.precision == pytest.approx(2 / 3) and r.recall == 1.0
     # Steady truth: [0, 3.5] + [5.5, 7.5] + [9.5, 12] = 8 s.
     assert steady_seconds(TRUTH, 1.0) == pytest.approx(8.0)
-    assert r.n_spurious == 1
+    assert r.n_spurious == 1 and r.n_unmatched == 1
+    assert r.spurious_per_min == pytest.approx(1 / (8 / 60))
+
+
+def test_only_unmatched_shifts_in_steady_emotion_are_spurious() -> None:
+    """A second shift next to a boundary costs precision; only flicker in steady emotion is 'spurious'."""
+    r = score_stream(TRUTH, [4.5, 5.2, 8.5, 10.0], perfect_states())
+    assert r.n_matched == 2 and r.n_unmatched == 2
+    assert r.n_spurious == 1  # 10.0 lies in steady angry; 5.2 is within 1 s of the boundary at 4.5
+    assert r.unmatched_per_min == pytest.approx(2 / (8 / 60))
     assert r.spurious_per_min == pytest.approx(1 / (8 / 60))
 
 
@@ -109,6 +118,19 @@ def test_per_second_labels_use_the_latest_state_and_skip_gaps() -> None:
     assert r.class_correct == {"happy": 2, "sad": 1}
     assert r.ua == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert r.wa == pytest.approx(3 / 5)
+
+
+def test_utterance_labels_score_each_second_by_the_covering_or_nearest_utterance() -> None:
+    utterances = [(0.3, 3.8, "happy"), (4.7, 7.9, "sad"), (8.6, 10.0, "happy")]  # the last one is wrong
+    r = score_stream(TRUTH, [4.5, 8.5], [], utterances=utterances)
+    # seconds 0-3 happy (0.5 is nearest to the first utterance), 4-7 sad (4.5 is nearest to the second),
+    # 8-11 angry, answered by the wrong third utterance (covering 8.5 and 9.5, nearest to 10.5 and 11.5)
+    assert r.final_total == {"happy": 4, "sad": 4, "angry": 4}  # the truth at each second's midpoint
+    assert r.final_correct == {"happy": 4, "sad": 4, "angry": 0}
+    assert r.ua_final == pytest.approx((1.0 + 1.0 + 0.0) / 3)
+    assert r.ua == pytest.approx(0.0)  # no live state at all
+    none = score_stream(TRUTH, [], perfect_states())
+    assert none.ua_final is None
 
 
 def test_aggregate_sums_counts_and_pools_delays() -> None:

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from edge_ser.audio import load_audio
 from edge_ser.types import AudioBlock, SpeechBoundary
-from edge_ser.vad import Segmenter, VadConfig
+from edge_ser.vad import EnergyGate, Segmenter, VadConfig, voicing
+from trainer.streams import noise
 
 DATA = Path("/work/shared/data")
 CLIPS = ["tess/OAF_angry/OAF_dead_angry.opus", "ravdess/Actor_05/03-01-04-02-01-02-05.opus",
@@ -149,3 +150,58 @@ def test_tiny_blocks_and_short_frames() -> None:
     out = [x for i in range(0, 16000, 37)
            for x in seg.push(AudioBlock("s", i / 16000, np.zeros(min(37, 16000 - i), dtype=np.float32)))]
     assert out == [] and not seg.in_speech
+
+
+def _noise_joined(clips: list[np.ndarray], gap_s: float, level_dbfs: float) -> tuple[np.ndarray, list[float]]:
+    """Real clips joined by pink noise at ``level_dbfs`` RMS (as in shift streams, seeded); returns the signal
+    and the clip starts."""
+    rng = np.random.default_rng(3)
+    parts, starts, t = [], [], 0.0
+    for clip in clips:
+        parts += [noise(round(gap_s * 16000), "pink", level_dbfs, rng), clip]
+        starts.append(t + gap_s)
+        t += gap_s + clip.size / 16000
+    return np.concatenate(parts), starts
+
+
+def test_noise_filled_pauses_end_segments_and_noise_alone_opens_none() -> None:
+    """Clips joined by 0.6 s of -50 dBFS pink noise: with the energy gate and the voicing test each clip is one
+    segment starting at its speech; webrtcvad alone takes noise (and a clip's quiet tail) for speech and starts
+a segment well before a clip."""
+    if not all((DATA / c).exists() for c in CLIPS):
+        pytest.skip(f"real audio not available under {DATA}")
+    clips = [load_audio(DATA / c) for c in CLIPS]
+    signal, starts = _noise_joined(clips, 0.6, -50.0)
+    marks = boundaries(feed(Segmenter("s", VadConfig()), signal))
+    opened = [b.t for b in marks if b.kind == "start"]
+    assert len(opened) == len(CLIPS)
+    for t, clip_start, clip in zip(opened, starts, clips, strict=True):
+        assert clip_start - 0.3 <= t < clip_start + clip.size / 16000  # no earlier than pre-roll + a frame
+    plain = boundaries(feed(Segmenter("s", VadConfig(gate_above_floor_db=None, min_voiced_ms=0)), signal))
+    early = [b.t for b in plain if b.kind == "start" and min(s - b.t for s in [*starts, np.inf] if s >= b.t) > 0.3]
+    assert early, f"webrtcvad alone started every segment at a clip: {[(b.kind, b.t) for b in plain]}"
+
+
+def test_voicing_separates_vowels_from_noise() -> None:
+    if not (DATA / CLIPS[0]).exists():
+        pytest.skip(f"real audio not available under {DATA}")
+    clip = load_audio(DATA / CLIPS[0])
+    frames = clip[: clip.size // 480 * 480].reshape(-1, 480)
+    loud = frames[np.argsort(-np.square(frames).mean(axis=1))[:10]]  # the loudest 30 ms: vowels
+    assert np.median([voicing(f) for f in loud]) > 0.6
+    noise = np.random.default_rng(0).standard_normal((20, 480)).astype(np.float32)
+    assert max(voicing(f) for f in noise) < 0.5
+    assert voicing(np.zeros(480, np.float32)) == 0.0
+
+
+def test_energy_gate_follows_the_floor_and_never_admits_digital_silence() -> None:
+    gate = EnergyGate(above_floor_db=10.0, below_speech_db=30.0, window_frames=100)
+    rng = np.random.default_rng(1)
+    quiet = [(rng.standard_normal(480) * 10 ** (-60 / 20)).astype(np.float32) for _ in range(80)]
+    loud = [(rng.standard_normal(480) * 10 ** (-20 / 20)).astype(np.float32) for _ in range(20)]
+    for frame in quiet + loud:
+        gate.admits(frame)
+    assert -52.0 < gate.threshold_db < -48.0  # floor -60 dB + 10 dB, speech -20 dB - 30 dB
+    assert gate.admits(loud[0]) and not gate.admits(quiet[0])
+    assert not gate.admits(np.zeros(480, np.float32))  # digital silence, and it leaves the floor alone
+    assert -52.0 < gate.threshold_db < -48.0

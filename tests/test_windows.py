@@ -12,6 +12,7 @@ from edge_ser.types import AudioBlock, SpeechBoundary, Window
 from edge_ser.windows import WindowConfig, Windower
 
 SR = 16000
+SLIDING = WindowConfig(grow=False)  # the sliding grid alone (the default also grows windows at a segment start)
 
 
 def segment(w: Windower, n: int, t0: float = 10.0, block: int = 1600, seg_id: int = 0,
@@ -40,7 +41,7 @@ def check_samples(windows: list[Window], ramp: np.ndarray, t0: float = 10.0) -> 
 
 
 def test_sliding_windows_and_the_tail() -> None:
-    wins, ramp = segment(Windower("s", WindowConfig()), round(3.5 * SR))
+    wins, ramp = segment(Windower("s", SLIDING), round(3.5 * SR))
     # full windows on the 1 s hop grid, then the tail from the next hop position to the end
     assert spans(wins) == [(0.0, 2.0), (1.0, 3.0), (2.0, 3.5)]
     assert {w.segment_id for w in wins} == {0}
@@ -48,12 +49,12 @@ def test_sliding_windows_and_the_tail() -> None:
 
 
 def test_exact_window_has_no_tail() -> None:
-    wins, _ = segment(Windower("s", WindowConfig()), 2 * SR)
+    wins, _ = segment(Windower("s", SLIDING), 2 * SR)
     assert spans(wins) == [(0.0, 2.0)]
 
 
 def test_tail_is_trimmed_at_its_start_to_20ms() -> None:
-    wins, ramp = segment(Windower("s", WindowConfig()), 2 * SR + 100)
+    wins, ramp = segment(Windower("s", SLIDING), 2 * SR + 100)
     assert spans(wins)[0] == (0.0, 2.0)
     tail = wins[1]
     assert tail.samples.size == 16000  # 1.00625 s from the next hop position, trimmed to 1.0 s
@@ -63,15 +64,15 @@ def test_tail_is_trimmed_at_its_start_to_20ms() -> None:
 
 def test_short_segment_gives_one_window_of_its_own_length() -> None:
     n = round(1.23 * SR)
-    wins, ramp = segment(Windower("s", WindowConfig()), n)
+    wins, ramp = segment(Windower("s", SLIDING), n)
     assert len(wins) == 1
     assert wins[0].samples.size == n // 320 * 320 and wins[0].t1 == pytest.approx(10.0 + n / SR)
     check_samples(wins, ramp)
 
 
 def test_too_short_segment_gives_nothing() -> None:
-    assert segment(Windower("s", WindowConfig()), round(0.49 * SR))[0] == []
-    assert len(segment(Windower("s", WindowConfig()), round(0.5 * SR))[0]) == 1
+    assert segment(Windower("s", SLIDING), round(0.49 * SR))[0] == []
+    assert len(segment(Windower("s", SLIDING), round(0.5 * SR))[0]) == 1
 
 
 def test_window_length_is_rounded_down_to_20ms_and_never_padded() -> None:
@@ -83,14 +84,14 @@ def test_window_length_is_rounded_down_to_20ms_and_never_padded() -> None:
 
 
 def test_windows_appear_as_soon_as_their_audio_is_in() -> None:
-    w = Windower("s", WindowConfig())
+    w = Windower("s", SLIDING)
     wins, _ = segment(w, round(2.05 * SR), end=False)
     assert spans(wins) == [(0.0, 2.0)]
     assert w.flush() and w.flush() == []
 
 
 def test_a_new_start_closes_the_open_segment_and_reset_forgets_it() -> None:
-    w = Windower("s", WindowConfig())
+    w = Windower("s", SLIDING)
     first, _ = segment(w, round(1.5 * SR), end=False)
     assert first == []
     second, _ = segment(w, round(0.8 * SR), t0=20.0, seg_id=1)
@@ -125,7 +126,7 @@ def test_config_validation() -> None:
 @given(n=st.integers(0, 8 * SR), block=st.integers(1, 5000), window_s=st.sampled_from([0.5, 1.0, 2.0, 2.51]),
        hop_frac=st.sampled_from([0.25, 0.5, 1.0]))
 def test_arithmetic_properties(n: int, block: int, window_s: float, hop_frac: float) -> None:
-    config = WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3)
+    config = WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3, grow=False)
     w = Windower("s", config)
     wins, ramp = segment(w, n, block=block)
     check_samples(wins, ramp)
@@ -139,3 +140,40 @@ def test_arithmetic_properties(n: int, block: int, window_s: float, hop_frac: fl
         assert covered_to == n or n - covered_to < w.min_samples
     else:
         assert wins == []
+
+
+def test_growing_windows_start_each_segment() -> None:
+    """The default grows a window from the segment start every hop until the first full window."""
+    wins, ramp = segment(Windower("s", WindowConfig()), round(3.5 * SR))
+    assert spans(wins) == [(0.0, 1.0), (0.0, 2.0), (1.0, 3.0), (2.0, 3.5)]
+    check_samples(wins, ramp)
+    wins, ramp = segment(Windower("s", WindowConfig(window_s=2.0, hop_s=0.5)), round(2.7 * SR))
+    assert spans(wins) == [(0.0, 0.5), (0.0, 1.0), (0.0, 1.5), (0.0, 2.0), (0.5, 2.5), (1.0, 2.7)]
+    check_samples(wins, ramp)
+
+
+def test_growing_window_is_emitted_as_its_audio_arrives_and_not_repeated_at_the_end() -> None:
+    w = Windower("s", WindowConfig())
+    wins, _ = segment(w, SR, end=False)  # exactly 1 s: the first growing window, nothing left for a tail
+    assert spans(wins) == [(0.0, 1.0)]
+    assert w.flush() == []
+    wins, _ = segment(Windower("s", WindowConfig()), round(1.4 * SR))  # then the whole segment as its tail
+    assert spans(wins) == [(0.0, 1.0), (0.0, 1.4)]
+    short, _ = segment(Windower("s", WindowConfig()), round(0.8 * SR))  # shorter than one hop: the tail alone
+    assert spans(short) == [(0.0, 0.8)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 6 * SR), block=st.integers(1, 5000), window_s=st.sampled_from([1.0, 2.0, 2.51]),
+       hop_frac=st.sampled_from([0.25, 0.5, 1.0]))
+def test_growing_arithmetic_properties(n: int, block: int, window_s: float, hop_frac: float) -> None:
+    w = Windower("s", WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3))
+    wins, ramp = segment(w, n, block=block)
+    check_samples(wins, ramp)
+    assert [x.t1 for x in wins] == sorted(x.t1 for x in wins)  # in order of their end
+    growing = [x for x in wins if x.t0 == 10.0 and x.samples.size < w.window_samples]
+    assert len(growing) <= round(1 / hop_frac)  # at most one per hop before the first full window, + the tail
+    sliding = Windower("s", WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3,
+                                         grow=False))
+    plain, _ = segment(sliding, n, block=block)
+    assert {(x.t0, x.t1) for x in plain} - {(x.t0, x.t1) for x in wins} <= {(x.t0, x.t1) for x in plain[-1:]}

@@ -16,8 +16,14 @@ Metrics (:class:`TrackingResult`):
   else at its report time ``t``.
 - **detection delay**: for matched shifts, report time ``t`` minus the true boundary; the median is
   quoted. With onsets, also the median placement error (onset minus the boundary).
-- **spurious shifts per minute of steady emotion**: unmatched reported shifts divided by the minutes of
-  truth (clip time) farther than ``tolerance_s`` from every boundary.
+- **per-second UA of the utterances** (``ua_final``): the same seconds, each answered by the final label of
+  the utterance (a pooled speech segment, ``edge_ser.utterances``) that covers its midpoint, or, when the
+  midpoint falls in a pause, the nearest one; no utterance at all counts as wrong. This scores the agent's
+  final per-utterance answer, published when each utterance ends; ``ua`` scores the live states.
+- **spurious shifts per minute of steady emotion**: unmatched reported shifts placed in steady emotion (clip
+  time farther than ``tolerance_s`` from every boundary) divided by the minutes of steady emotion. Unmatched
+  shifts near a boundary (a second shift for one change) count against precision, not here;
+  ``unmatched_per_min`` divides all unmatched shifts by the same minutes (the definition used up to stop 9).
 
 :func:`aggregate` pools streams: counts are summed and delays pooled before any ratio or median.
 """
@@ -114,7 +120,10 @@ class TrackingResult:
     delays: list[float] = field(default_factory=list)
     onset_errors: list[float] = field(default_factory=list)
     n_spurious: int = 0
+    n_unmatched: int = 0
     steady_s: float = 0.0
+    final_total: dict[str, int] = field(default_factory=dict)
+    final_correct: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_seconds(self) -> int:
@@ -122,8 +131,11 @@ class TrackingResult:
 
     @property
     def ua(self) -> float | None:
-        recalls = [self.class_correct.get(c, 0) / n for c, n in self.class_total.items() if n > 0]
-        return float(np.mean(recalls)) if recalls else None
+        return _ua(self.class_total, self.class_correct)
+
+    @property
+    def ua_final(self) -> float | None:
+        return _ua(self.final_total, self.final_correct)
 
     @property
     def wa(self) -> float | None:
@@ -157,10 +169,15 @@ class TrackingResult:
     def spurious_per_min(self) -> float | None:
         return self.n_spurious / (self.steady_s / 60.0) if self.steady_s > 0 else None
 
+    @property
+    def unmatched_per_min(self) -> float | None:
+        return self.n_unmatched / (self.steady_s / 60.0) if self.steady_s > 0 else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary: metrics first, then the counts they come from."""
         return {
             "ua": self.ua,
+            "ua_final": self.ua_final,
             "wa": self.wa,
             "precision": self.precision,
             "recall": self.recall,
@@ -168,6 +185,7 @@ class TrackingResult:
             "median_delay_s": self.median_delay_s,
             "median_onset_error_s": self.median_onset_error_s,
             "spurious_per_min": self.spurious_per_min,
+            "unmatched_per_min": self.unmatched_per_min,
             "labels": list(self.labels),
             "n_streams": self.n_streams,
             "n_seconds": self.n_seconds,
@@ -177,8 +195,16 @@ class TrackingResult:
             "n_reported": self.n_reported,
             "n_matched": self.n_matched,
             "n_spurious": self.n_spurious,
+            "n_unmatched": self.n_unmatched,
             "steady_min": self.steady_s / 60.0,
+            "final_total": dict(self.final_total),
+            "final_correct": dict(self.final_correct),
         }
+
+
+def _ua(total: Mapping[str, int], correct: Mapping[str, int]) -> float | None:
+    recalls = [correct.get(c, 0) / n for c, n in total.items() if n > 0]
+    return float(np.mean(recalls)) if recalls else None
 
 
 def _as_shift(x: ReportedShift | float) -> ReportedShift:
@@ -229,14 +255,31 @@ def steady_seconds(truth: StreamTruth, margin_s: float) -> float:
     return total
 
 
+def in_steady(truth: StreamTruth, t: float, margin_s: float) -> bool:
+    """Whether ``t`` lies in clip time farther than ``margin_s`` from every true boundary."""
+    return truth.label_at(t) is not None and all(abs(t - b) > margin_s for b in truth.boundaries)
+
+
+def utterance_label_at(utterances: Sequence[tuple[float, float, str]], t: float) -> str:
+    """The label of the utterance covering ``t``, else of the nearest one (:data:`NO_PREDICTION` if none)."""
+    best, label = math.inf, NO_PREDICTION
+    for start, end, lab in utterances:
+        distance = 0.0 if start <= t < end else min(abs(t - start), abs(t - end))
+        if distance < best:
+            best, label = distance, lab
+    return label
+
+
 def score_stream(
     truth: StreamTruth,
     shifts: Iterable[ReportedShift | float],
     states: Iterable[tuple[float, str]],
     labels: Sequence[str] = FOUR_CLASSES,
     tolerance_s: float = 1.0,
+    utterances: Sequence[tuple[float, float, str]] | None = None,
 ) -> TrackingResult:
-    """Score one stream (see the module docstring). ``states`` are (t, label) in any order."""
+    """Score one stream (see the module docstring). ``states`` are (t, label) in any order; ``utterances``
+    (start, end, final label) are optional."""
     labels = tuple(labels)
     result = TrackingResult(labels=labels, n_streams=1)
 
@@ -251,6 +294,10 @@ def score_stream(
         pred = ordered[i][1] if i >= 0 else NO_PREDICTION
         result.class_total[true] = result.class_total.get(true, 0) + 1
         result.class_correct[true] = result.class_correct.get(true, 0) + int(pred == true)
+        if utterances is not None:
+            final = utterance_label_at(utterances, k + 0.5)
+            result.final_total[true] = result.final_total.get(true, 0) + 1
+            result.final_correct[true] = result.final_correct.get(true, 0) + int(final == true)
 
     # Change points.
     reported = [_as_shift(x) for x in shifts]
@@ -262,7 +309,10 @@ def score_stream(
         result.delays.append(reported[i].t - truth.boundaries[j])
         if reported[i].onset is not None:
             result.onset_errors.append(reported[i].onset - truth.boundaries[j])
-    result.n_spurious = len(reported) - len(matches)
+    matched = {i for i, _ in matches}
+    unmatched = [r for i, r in enumerate(reported) if i not in matched]
+    result.n_unmatched = len(unmatched)
+    result.n_spurious = sum(in_steady(truth, r.placed_at, tolerance_s) for r in unmatched)
     result.steady_s = steady_seconds(truth, tolerance_s)
     return result
 
@@ -287,7 +337,12 @@ def aggregate(results: Iterable[TrackingResult]) -> TrackingResult:
         out.delays.extend(r.delays)
         out.onset_errors.extend(r.onset_errors)
         out.n_spurious += r.n_spurious
+        out.n_unmatched += r.n_unmatched
         out.steady_s += r.steady_s
+        for c, n in r.final_total.items():
+            out.final_total[c] = out.final_total.get(c, 0) + n
+        for c, n in r.final_correct.items():
+            out.final_correct[c] = out.final_correct.get(c, 0) + n
     return out
 
 
