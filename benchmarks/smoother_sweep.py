@@ -47,14 +47,21 @@ log = logging.getLogger("smoother_sweep")
 
 REFERENCE = "raw windows (reference)"
 SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    # name: (VadConfig fields, WindowConfig fields)
-    "webrtc500 2/1": ({"gate_above_floor_db": None, "end_hangover_ms": 500}, {"window_s": 2.0, "hop_s": 1.0}),
-    "webrtc500 1.5/0.5": ({"gate_above_floor_db": None, "end_hangover_ms": 500}, {"window_s": 1.5, "hop_s": 0.5}),
-    "gated250 2/1": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 1.0}),
-    "gated250 2/1 grow": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 1.0, "grow": True}),
-    "gated250 2/0.5 grow": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 0.5, "grow": True}),
-    "gated250 1.5/0.5 grow": ({"end_hangover_ms": 250}, {"window_s": 1.5, "hop_s": 0.5, "grow": True}),
-    "gated500 2/0.5 grow": ({"end_hangover_ms": 500}, {"window_s": 2.0, "hop_s": 0.5, "grow": True}),
+    # name: (VadConfig fields, WindowConfig fields), every field that differs between them spelled out.
+    # "webrtc500 2/1" is the agent's default up to stop 9; "gated250 2/1 grow whole8" the default since stop 10.
+    "webrtc500 2/1": ({"gate_above_floor_db": None, "min_voiced_ms": 0, "end_hangover_ms": 500},
+                      {"window_s": 2.0, "hop_s": 1.0, "grow": False, "whole_max_s": None}),
+    "gated250 2/1": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 1.0, "grow": False, "whole_max_s": None}),
+    "gated250 2/1 grow": ({"end_hangover_ms": 250},
+                          {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": None}),
+    "gated250 2/1 grow whole8": ({"end_hangover_ms": 250},
+                                 {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
+    "gated250 2/0.5 grow whole8": ({"end_hangover_ms": 250},
+                                   {"window_s": 2.0, "hop_s": 0.5, "grow": True, "whole_max_s": 8.0}),
+    "gated250 3/1 grow whole8": ({"end_hangover_ms": 250},
+                                 {"window_s": 3.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
+    "gated500 2/1 grow whole8": ({"end_hangover_ms": 500},
+                                 {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
 }
 SMOOTHERS: dict[str, dict[str, Any]] = {
     # Reference, not a candidate: each state is the latest window's argmax, with no smoothing, dwell,
@@ -64,18 +71,18 @@ SMOOTHERS: dict[str, dict[str, Any]] = {
     "ema tau0.5 dwell1": {"type": "ema"},
     "ema tau0.5 dwell0.5": {"type": "ema", "min_dwell_s": 0.5},
     "ema tau0.5 dwell0.5 conf0 gap0": {"type": "ema", "min_dwell_s": 0.5, "min_confidence": 0.0, "min_gap": 0.0},
-    "ema tau1 dwell1": {"type": "ema", "tau_s": 1.0},
     "hmm st0.5 dwell0.5": {"type": "hmm"},
-    "hmm st0.8 dwell0.5": {"type": "hmm", "self_transition": 0.8},
-    "median k5 dwell1": {"type": "median"},
     "median k3 dwell0.5": {"type": "median", "k": 3, "min_dwell_s": 0.5},
-    "segment after1": {"type": "segment"},
-    "segment after1 conf0 gap0": {"type": "segment", "min_confidence": 0.0, "min_gap": 0.0},
+    "segment": {"type": "segment"},
     "segment after0.5": {"type": "segment", "decide_after_s": 0.5},
     "segment after1.5": {"type": "segment", "decide_after_s": 1.5},
-    "segment after1 minseg0.8": {"type": "segment", "min_segment_s": 0.8},
-    "segment after1 margin0.2": {"type": "segment", "margin": 0.2},
-    "segment after1 dwell2": {"type": "segment", "min_dwell_s": 2.0},
+    "segment minseg0.4": {"type": "segment", "min_segment_s": 0.4},
+    "segment dwell1": {"type": "segment", "min_dwell_s": 1.0},
+    "segment conf0.35 gap0.1": {"type": "segment", "min_confidence": 0.35, "min_gap": 0.1},
+}
+DEFAULTS: dict[str, tuple[str, str]] = {
+    "agent default up to stop 9": ("webrtc500 2/1", "ema tau0.5 dwell1"),
+    "agent default since stop 10": ("gated250 2/1 grow whole8", "segment"),
 }
 LABEL_SPACES = ("model", "4class")
 METRICS = ("ua", "ua_final", "clip_ua", "ua_gap", "ua_final_gap", "abstain", "precision", "recall", "f1",
@@ -219,6 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
     parts = [f"`{command}`", ""]
+    defaults = [(name, r) for name, (setup, smoother) in DEFAULTS.items() for r in rows
+                if r["setup"] == setup and r["smoother"] == smoother]
+    if defaults:
+        parts += ["## the agent's defaults (both label spaces)", "",
+                  "| default | label space | " + table(rows, "model", 0).split("\n")[0].lstrip("| "),
+                  "|---|---|" + "---|" * 14]
+        for name, r in defaults:
+            parts.append(f"| {name} | {r['label_space']} " + table([{**r, "label_space": "x"}], "x").split("\n")[2])
+        for name, r in defaults:
+            parts += ["", f"{name} ({r['setup']}, {r['smoother']}), label space {r['label_space']}, per corpus:", "",
+                      per_corpus_table(r)]
+        parts.append("")
     for space, b in best.items():
         parts += [f"## label space: {space} (mean over {len(folds)} held-out corpora, best first)", "",
                   table(rows, space, args.top), "",

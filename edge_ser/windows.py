@@ -15,6 +15,10 @@ With ``grow`` on, a segment also gets windows that start at the segment's start 
 until the first full window: a 2 s / 0.5 s windower scores 0.5, 1.0 and 1.5 s of a new segment before the
 first 2 s window (those at least ``min_window_s`` long), so the first result about a new utterance comes
 ``hop_s`` after it starts instead of ``window_s``.
+
+With ``whole_max_s`` set, a segment longer than ``window_s`` (which no single window covered) ends with one
+window over all of it, or its last ``whole_max_s`` seconds, instead of the tail window: the encoder then sees
+the whole utterance at once for its final label (``edge_ser.utterances``), as a clip is scored whole.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class WindowConfig(BaseModel):
                                                                    "end or for a short segment (s).")
     grow: bool = Field(True, description="Also score windows from the segment start every hop_s until the first "
                                           "full window (a first result hop_s into each segment).")
+    whole_max_s: float | None = Field(8.0, gt=0, le=30.0, description="End a segment longer than window_s with one "
+                                      "window over all of it (at most its last whole_max_s seconds) instead of "
+                                      "the tail window. None: the tail window.")
 
     @model_validator(mode="after")
     def _check(self) -> WindowConfig:
@@ -67,6 +74,8 @@ class Windower:
         self.window_samples = _quantize(round(self.config.window_s * SAMPLE_RATE))
         self.hop_samples = max(1, round(self.config.hop_s * SAMPLE_RATE))
         self.min_samples = max(WINDOW_QUANTUM, math.ceil(self.config.min_window_s * SAMPLE_RATE - 1e-6))
+        whole = self.config.whole_max_s
+        self.whole_samples = None if whole is None else max(self.window_samples, _quantize(round(whole * SAMPLE_RATE)))
         self.reset()
 
     def reset(self) -> None:
@@ -114,19 +123,25 @@ class Windower:
             out.append(self._window(self._next, self._next + self.window_samples))
             self._covered = self._next + self.window_samples
             self._next += self.hop_samples
-        drop = min(self._next, self._n) - self._buf_start
+        keep_from = min(self._next, self._n)
+        if self.whole_samples is not None:  # the audio a whole-segment window at the end would need
+            keep_from = min(keep_from, max(0, self._n - self.whole_samples))
+        drop = keep_from - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]
             self._buf_start += drop
         return out
 
     def flush(self) -> list[Window]:
-        """Close the open segment (end of stream): emit its tail window."""
+        """Close the open segment (end of stream): emit its tail (or whole-segment) window."""
         return self._close()
 
     def _close(self) -> list[Window]:
         out = []
-        if self._segment is not None and self._n > max(self._covered, self._grown):
+        if self._segment is not None and self.whole_samples is not None and self._n > self.window_samples:
+            length = _quantize(min(self._n, self.whole_samples))
+            out.append(self._window(self._n - length, self._n))
+        elif self._segment is not None and self._n > max(self._covered, self._grown):
             length = _quantize(self._n - min(self._next, self._n))
             if length >= self.min_samples:
                 out.append(self._window(self._n - length, self._n))

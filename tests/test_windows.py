@@ -12,7 +12,8 @@ from edge_ser.types import AudioBlock, SpeechBoundary, Window
 from edge_ser.windows import WindowConfig, Windower
 
 SR = 16000
-SLIDING = WindowConfig(grow=False)  # the sliding grid alone (the default also grows windows at a segment start)
+SLIDING = WindowConfig(grow=False, whole_max_s=None)  # the sliding grid alone (the default also grows windows at a
+# segment start and ends a long segment with one window over all of it)
 
 
 def segment(w: Windower, n: int, t0: float = 10.0, block: int = 1600, seg_id: int = 0,
@@ -76,7 +77,7 @@ def test_too_short_segment_gives_nothing() -> None:
 
 
 def test_window_length_is_rounded_down_to_20ms_and_never_padded() -> None:
-    w = Windower("s", WindowConfig(window_s=1.99, hop_s=0.5, min_window_s=0.3))
+    w = Windower("s", WindowConfig(window_s=1.99, hop_s=0.5, min_window_s=0.3, whole_max_s=None))
     assert w.window_samples == 31680  # 1.99 s = 99.5 * 20 ms -> 99 * 20 ms
     wins, ramp = segment(w, 40 * SR, block=4321)
     assert max(x.samples.size for x in wins) == 31680
@@ -126,7 +127,8 @@ def test_config_validation() -> None:
 @given(n=st.integers(0, 8 * SR), block=st.integers(1, 5000), window_s=st.sampled_from([0.5, 1.0, 2.0, 2.51]),
        hop_frac=st.sampled_from([0.25, 0.5, 1.0]))
 def test_arithmetic_properties(n: int, block: int, window_s: float, hop_frac: float) -> None:
-    config = WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3, grow=False)
+    config = WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3, grow=False,
+                          whole_max_s=None)
     w = Windower("s", config)
     wins, ramp = segment(w, n, block=block)
     check_samples(wins, ramp)
@@ -144,10 +146,10 @@ def test_arithmetic_properties(n: int, block: int, window_s: float, hop_frac: fl
 
 def test_growing_windows_start_each_segment() -> None:
     """The default grows a window from the segment start every hop until the first full window."""
-    wins, ramp = segment(Windower("s", WindowConfig()), round(3.5 * SR))
+    wins, ramp = segment(Windower("s", WindowConfig(whole_max_s=None)), round(3.5 * SR))
     assert spans(wins) == [(0.0, 1.0), (0.0, 2.0), (1.0, 3.0), (2.0, 3.5)]
     check_samples(wins, ramp)
-    wins, ramp = segment(Windower("s", WindowConfig(window_s=2.0, hop_s=0.5)), round(2.7 * SR))
+    wins, ramp = segment(Windower("s", WindowConfig(window_s=2.0, hop_s=0.5, whole_max_s=None)), round(2.7 * SR))
     assert spans(wins) == [(0.0, 0.5), (0.0, 1.0), (0.0, 1.5), (0.0, 2.0), (0.5, 2.5), (1.0, 2.7)]
     check_samples(wins, ramp)
 
@@ -167,13 +169,26 @@ def test_growing_window_is_emitted_as_its_audio_arrives_and_not_repeated_at_the_
 @given(n=st.integers(0, 6 * SR), block=st.integers(1, 5000), window_s=st.sampled_from([1.0, 2.0, 2.51]),
        hop_frac=st.sampled_from([0.25, 0.5, 1.0]))
 def test_growing_arithmetic_properties(n: int, block: int, window_s: float, hop_frac: float) -> None:
-    w = Windower("s", WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3))
+    w = Windower("s", WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3, whole_max_s=None))
     wins, ramp = segment(w, n, block=block)
     check_samples(wins, ramp)
     assert [x.t1 for x in wins] == sorted(x.t1 for x in wins)  # in order of their end
     growing = [x for x in wins if x.t0 == 10.0 and x.samples.size < w.window_samples]
     assert len(growing) <= round(1 / hop_frac)  # at most one per hop before the first full window, + the tail
     sliding = Windower("s", WindowConfig(window_s=window_s, hop_s=window_s * hop_frac, min_window_s=0.3,
-                                         grow=False))
+                                         grow=False, whole_max_s=None))
     plain, _ = segment(sliding, n, block=block)
     assert {(x.t0, x.t1) for x in plain} - {(x.t0, x.t1) for x in wins} <= {(x.t0, x.t1) for x in plain[-1:]}
+
+
+def test_long_segment_ends_with_one_whole_window_when_asked() -> None:
+    config = WindowConfig(whole_max_s=8.0)
+    wins, ramp = segment(Windower("s", config), round(3.5 * SR))
+    # growing, sliding, then the whole 3.5 s instead of the 2-3.5 s tail
+    assert spans(wins) == [(0.0, 1.0), (0.0, 2.0), (1.0, 3.0), (0.0, 3.5)]
+    check_samples(wins, ramp)
+    wins, ramp = segment(Windower("s", config), round(10.3 * SR), block=777)  # longer: its last 8 s
+    assert spans(wins)[-1] == (2.3, 10.3)
+    check_samples(wins, ramp)
+    short, _ = segment(Windower("s", config), round(1.5 * SR))  # one window covered it: the usual tail
+    assert spans(short) == [(0.0, 1.0), (0.0, 1.5)]
