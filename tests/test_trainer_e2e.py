@@ -198,3 +198,13 @@ def test_loco_writes_folds_and_summary(workspace: dict[str, Path]) -> None:
     assert loco_main([*args, "--rescore", "--frame-mean"]) == 0
     rescored = json.loads((out / "summary.rescored.json").read_text())
     assert rescored["mean"]["4class"]["ua"] == pytest.approx(summary["mean"]["4class"]["ua"], abs=1e-6)
+    # a merged ensemble of the fold models (here: each with itself) is rescored by the same driver
+    from trainer.ensemble import main as ensemble_main
+
+    ens = workspace["root"] / "loco-ens"
+    assert ensemble_main([str(out), str(out), "--out", str(ens)]) == 0
+    assert loco_main([*[str(ens) if a == str(out) else a for a in args], "--rescore"]) == 0
+    merged = json.loads((ens / "summary.rescored.json").read_text())
+    assert merged["mean"]["4class"]["ua"] == pytest.approx(summary["mean"]["4class"]["ua"], abs=1e-6)
+    assert [row["best_epoch"] for row in merged["folds"]] == [f"{r['best_epoch']}+{r['best_epoch']}"
+                                                              for r in summary["folds"]]

