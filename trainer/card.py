@@ -105,13 +105,15 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
     ]
     if members:
         lines += ["Dev (held-out speakers of the training corpora; each member its own seed's split), 4-class UA "
-                  "per member: " + ", ".join(f"{m.get('dev_4class', {}).get('ua', float('nan')):.3f}"
+                  "per member: " + ", ".join("-" if m.get("dev_ua") is None else f"{m['dev_ua']:.3f}"
                                              for m in members) + ".", ""]
     else:
         lines += [f"Dev (held-out speakers of the training corpora), 4-class: {meta.metrics.get('dev_4class')}.", ""]
     if loco:
+        merged = (f" Each fold's model is the merge of that fold's {len(members)} seed models, as the shipped "
+                  "model is of its members (docs/ablations.md has the per-seed runs)." if members else "")
         lines += ["Leave-one-corpus-out with the same recipe (each corpus scored by a model that never saw it; "
-                  "4-class UA = mean per-class recall over neutral/happy/sad/angry; EVAL.md):", "",
+                  "4-class UA = mean per-class recall over neutral/happy/sad/angry; EVAL.md)." + merged, "",
                   "| held-out corpus | n | UA | macro-F1 | WA | ECE |", "|---|---|---|---|---|---|"]
         for row in loco["folds"]:
             f4 = row.get("4class", {})

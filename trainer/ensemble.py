@@ -54,6 +54,15 @@ def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
                                       f"{getattr(first, key)!r:.80}")
 
 
+def _dev_ua(meta: ModelMeta) -> float | None:
+    """The member's dev 4-class UA (the mean of its own members' when it is a merged ensemble itself)."""
+    dev = meta.metrics.get("dev_4class") or {}
+    if dev.get("ua") is not None:
+        return float(dev["ua"])
+    nested = [x for x in meta.metrics.get("dev_4class_members") or [] if x is not None]
+    return float(np.mean(nested)) if nested else None
+
+
 def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] | None = None) -> Member:
     """One checkpoint whose frame logits are the mean of the members' frame logits (see the module doc)."""
     names = list(names) if names is not None else [meta.model_id for meta, _ in members]
@@ -78,9 +87,9 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
     }
     first = members[0][0]
     member_info = [{"model_id": m.model_id, "weights_sha256": m.weights_sha256, "seed": m.training.get("config", {})
-                    .get("seed"), "epoch": m.training.get("epoch"), "dev_4class": m.metrics.get("dev_4class"),
-                    "source": name} for (m, _), name in zip(members, names, strict=True)]
-    dev = [m.metrics.get("dev_4class", {}).get("ua") for m, _ in members]
+                    .get("seed"), "epoch": m.training.get("epoch"), "dev_ua": _dev_ua(m), "source": name}
+                   for (m, _), name in zip(members, names, strict=True)]
+    dev = [_dev_ua(m) for m, _ in members]
     meta = ModelMeta(
         model_id=model_id, labels=list(first.labels), encoder_layers=first.encoder_layers,
         head={**first.head, "hidden": int(tensors["head.fc1.weight"].shape[0])}, features=dict(first.features),

@@ -75,7 +75,7 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
     if (out / "metrics.json").is_file():  # a training run; a merged ensemble (trainer.ensemble) has none
         best = json.loads((out / "metrics.json").read_text())["best"]
     else:
-        dev = meta.metrics.get("dev_4class_members") or []
+        dev = [x for x in meta.metrics.get("dev_4class_members") or [] if x is not None]
         epochs = "+".join(str(m.get("epoch")) for m in meta.training.get("ensemble", []))
         best = {"epoch": epochs or None, "ua": float(np.mean(dev)) if dev else None}
     row: dict[str, Any] = {"corpus": corpus, "train_clips": meta.training.get("train_clips"),
