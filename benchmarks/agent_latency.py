@@ -6,8 +6,14 @@ starts i * 28 / N seconds into it, so the streams' windows fall due at different
 calls' do, instead of all in the same millisecond), and a
 subscriber in this process records when each state message arrives. Latency of a state = arrival wall time -
 (the stream's start wall time + ``window_end``), i.e. from the moment the last sample of the latest scored
-window was available to the moment its message reached a subscriber through the broker. The first
---warmup seconds are discarded. Capacity = the largest N whose p99 stays within one hop.
+window was available to the moment its message reached a subscriber through the broker; only the first
+state that carries a new ``window_end`` counts, and only when the window's arrival published it (its grid
+time ``t`` <= ``window_end``). States fall on a 1 s grid: a window that crosses no grid point (a growing
+window, the whole-utterance window at a speech end) is reported by the next grid state, which the clock
+publishes in a pause or a boundary, later by design; that wait is not processing latency. A window that
+ends an utterance (tail or whole-utterance window) exists only once the VAD's hang-over (the agent's
+default, 250 ms) has passed, and that wait is in its latency. The first --warmup seconds are discarded.
+Capacity = the largest N whose p99 stays within one hop.
 
 It also prints the encoder-only capacity (CTranslate2 int8, batches of 8 two-second windows, log-mel
 included and excluded), so the cost of everything around the encoder is visible.
@@ -74,11 +80,12 @@ def encoder_capacity(seconds: float = 8.0) -> dict[str, float]:
             "with_logmel_windows_per_s": rate(True)}
 
 
-def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[str, float]:
+def run_streams(n: int, duration: float, warmup: float, workdir: Path, whole_window: bool = True
+                ) -> dict[str, float]:
     with LoopbackBroker(workdir, ["bench/+/+/state", "bench/+/+/status"]) as broker:
         config = {
             "device_id": "bench",
-            "vad": {"end_hangover_ms": 1000},
+            **({} if whole_window else {"windows": {"whole_max_s": None}}),
             "batching": {"max_batch": 64, "max_wait_ms": 30},
             "sources": [{"type": "file", "id": f"s{i}", "path": str(ROOT / "examples" / "emodb_shifts.opus"),
                          "realtime": True, "loop": True, "start_s": round(i * 28.0 / n, 2)} for i in range(n)],
@@ -109,9 +116,13 @@ def run_streams(n: int, duration: float, warmup: float, workdir: Path) -> dict[s
     for _, p in arrivals:
         if p["type"] == "stream_status" and p["status"] == "online":
             starts[p["stream_id"]] = datetime.fromisoformat(p["ts"].replace("Z", "+00:00")).timestamp()
+    newest: dict[str, float] = {}
     for now, p in arrivals:
         measurable = p["type"] == "state" and p["window_end"] is not None and p["stream_id"] in starts
-        if measurable and p["window_end"] >= warmup:
+        if not measurable or p["window_end"] <= newest.get(p["stream_id"], -1.0) or p["t"] > p["window_end"] + 1e-6:
+            continue  # a state the clock or a speech boundary produced, not the arrival of a window
+        newest[p["stream_id"]] = p["window_end"]
+        if p["window_end"] >= warmup:
             latencies.append(now - (starts[p["stream_id"]] + p["window_end"]))
     if not latencies:
         raise RuntimeError(f"no states measured for {n} streams; agent stderr:\n{err.decode()[-2000:]}")
@@ -126,6 +137,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=40.0, help="seconds each run lasts")
     parser.add_argument("--warmup", type=float, default=8.0, help="stream seconds discarded at the start")
     parser.add_argument("--hop", type=float, default=1.0, help="window hop: the p99 budget for capacity")
+    parser.add_argument("--no-whole-window", action="store_true", help="windows.whole_max_s: null (no window "
+                        "over the whole utterance at its end: the tail window instead)")
     args = parser.parse_args()
     if shutil.which("mosquitto") is None:
         print("mosquitto is needed (apt-get install mosquitto)", file=sys.stderr)
@@ -140,7 +153,7 @@ def main() -> int:
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.streams.split(",")):
-            r = run_streams(n, args.duration, args.warmup, Path(tmp))
+            r = run_streams(n, args.duration, args.warmup, Path(tmp), not args.no_whole_window)
             print(f"| {n} | {r['states']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['rss_peak_mb']:.0f} |",
                   flush=True)
             if r["p99_ms"] <= args.hop * 1000:

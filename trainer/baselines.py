@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from trainer.cache import CachedView
 from trainer.config import ConfigError, load_config
@@ -87,7 +88,7 @@ def train_ffn(x: np.ndarray, y: np.ndarray, n_classes: int, epochs: int, seed: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     rng = np.random.default_rng(seed)
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), desc="ffn", unit="epoch", leave=False):
         model.train()
         order = torch.from_numpy(rng.permutation(len(x)))
         total = 0.0
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         rows: list[dict[str, Any]] = []
-        for held in folds:
+        for held in tqdm(folds, desc=f"{args.classifier}+{args.imbalance}", unit="fold"):
             test = corpus == held
             logits = fit_predict(features[~test], y[~test], features[test], len(labels), args.classifier,
                                  args.imbalance, args.epochs, config.seed)
