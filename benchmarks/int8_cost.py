@@ -24,8 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from trainer.evaluate import evaluate
+from trainer.metrics import protocol_labels
 
-FOUR = ("neutral", "happy", "sad", "angry")
+FOUR = protocol_labels("4class")
 
 
 def corpus_manifest(manifest: Path, corpus: str, folder: Path) -> Path:
