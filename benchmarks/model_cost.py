@@ -4,8 +4,8 @@
 
 Each model gets its own CTranslate2 engine (the agent's backend and settings: ``prepare_process`` first, one
 replica, ``--threads`` threads, int8 unless told otherwise) on the same batch of real log-mel windows (the
-bundled example). Rounds alternate A, B, A, B, ... so drift of a noisy machine hits both; each round times
-``--calls`` calls. Prints the median ms per call of each model and the ratio B / A.
+bundled example, cut by ``engine_throughput.real_mels``). Rounds alternate A, B, A, B, ... so drift of a noisy
+machine hits both; each round times ``--calls`` calls. Prints the median ms per call of each model and the ratio B / A.
 """
 
 from __future__ import annotations
@@ -13,23 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
-import numpy as np
+from engine_throughput import real_mels
 
 from edge_ser.agent import prepare_process
-from edge_ser.audio import load_audio
 from edge_ser.backends.ct2_backend import Ct2Engine
-from edge_ser.features import log_mel
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "emodb_shifts.opus"
-
-
-def windows(seconds: float, count: int) -> list[np.ndarray]:
-    """``count`` consecutive windows of ``seconds`` of the example recording, as log-mel."""
-    audio = load_audio(EXAMPLE)
-    step = int(seconds * 16000)
-    return [log_mel(audio[i * step:(i + 1) * step]) for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute-type", default="int8")
     args = parser.parse_args(argv)
     prepare_process()
-    batch = windows(args.windows, args.batch)
+    batch = real_mels(args.windows, args.batch)
     engines = {name: Ct2Engine(name, compute_type=args.compute_type, intra_threads=args.threads,
                                     inter_threads=1)
                for name in (args.model_a, args.model_b)}

@@ -55,9 +55,25 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
     lic = licences(sources)
     members = training.get("ensemble") or []
     head = f"`{meta.head['type']}`, hidden {meta.head['hidden']}"
-    if members:
+    if members:  # a merged ensemble (trainer.ensemble): describe the members instead of one run
         head += (f" ({len(members)} trained heads of {meta.head['hidden'] // len(members)} merged into one: the "
                  "frame logits are the mean of theirs, `trainer.ensemble`)")
+        data = (f"{training.get('train_clips', 0) + training.get('dev_clips', 0)} clips; each member trained on "
+                "about 90% of them and chose its checkpoint on the rest (10% of each corpus's speakers, a different "
+                "draw per seed; the table counts the first member's training clips)")
+        checkpoint = "; members: " + ", ".join(f"seed {m.get('seed')} (best dev epoch {m.get('epoch')})"
+                                               for m in members) + "."
+        dev = ("Dev (held-out speakers of the training corpora; each member its own seed's split), 4-class UA per "
+               "member: " + ", ".join("-" if m.get("dev_ua") is None else f"{m['dev_ua']:.3f}" for m in members)
+               + ".")
+        loco_source = (f" Each fold's model is the merge of that fold's {len(members)} seed models, as the shipped "
+                       "model is of its members (docs/ablations.md has the per-seed runs).")
+    else:
+        data = (f"{training.get('train_clips', '?')} training clips + {training.get('dev_clips', '?')} dev clips "
+                "(speaker-disjoint dev split for checkpoint choice)")
+        checkpoint = f", best dev epoch {training.get('epoch')}."
+        dev = f"Dev (held-out speakers of the training corpora), 4-class: {meta.metrics.get('dev_4class')}."
+        loco_source = ""
     lines = [
         f"# {meta.model_id}",
         "",
@@ -76,12 +92,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         f"* Weights: `model.safetensors`, sha256 `{meta.weights_sha256}`.",
         "",
         "## Training data",
-        (f"{training.get('train_clips', '?')} training clips + {training.get('dev_clips', '?')} dev clips "
-         "(speaker-disjoint dev split for checkpoint choice)" if not members else
-         f"{training.get('train_clips', 0) + training.get('dev_clips', 0)} clips; each member trained on about 90% "
-         "of them and chose its checkpoint on the rest (10% of each corpus's speakers, a different draw per seed; "
-         "the table counts the first member's training clips)")
-        + f", from `{Path(training.get('manifest', '?')).name}`:",
+        f"{data}, from `{Path(training.get('manifest', '?')).name}`:",
         "",
         "| corpus | training clips | licence (as stated by the authors) |",
         "|---|---|---|",
@@ -93,27 +104,19 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         "(CC BY-NC-SA / CC BY-NC-ND, or no licence stated). Do not use commercially or redistribute outside the "
         "project.",
         "",
-        "Recipe: " + recipe_summary(config) + (f", best dev epoch {training.get('epoch')}." if not members else
-                                               "; members: " + ", ".join(f"seed {m.get('seed')} (best dev epoch "
-                                                                         f"{m.get('epoch')})" for m in members) + "."),
+        "Recipe: " + recipe_summary(config) + checkpoint,
         "",
         "Command:",
         "",
         *(f"    {line}" for line in train_command.splitlines()),
         "",
         "## Evaluation",
+        dev,
+        "",
     ]
-    if members:
-        lines += ["Dev (held-out speakers of the training corpora; each member its own seed's split), 4-class UA "
-                  "per member: " + ", ".join("-" if m.get("dev_ua") is None else f"{m['dev_ua']:.3f}"
-                                             for m in members) + ".", ""]
-    else:
-        lines += [f"Dev (held-out speakers of the training corpora), 4-class: {meta.metrics.get('dev_4class')}.", ""]
     if loco:
-        merged = (f" Each fold's model is the merge of that fold's {len(members)} seed models, as the shipped "
-                  "model is of its members (docs/ablations.md has the per-seed runs)." if members else "")
         lines += ["Leave-one-corpus-out with the same recipe (each corpus scored by a model that never saw it; "
-                  "4-class UA = mean per-class recall over neutral/happy/sad/angry; EVAL.md)." + merged, "",
+                  "4-class UA = mean per-class recall over neutral/happy/sad/angry; EVAL.md)." + loco_source, "",
                   "| held-out corpus | n | UA | macro-F1 | WA | ECE |", "|---|---|---|---|---|---|"]
         for row in loco["folds"]:
             f4 = row.get("4class", {})
