@@ -79,6 +79,10 @@ SMOOTHERS: dict[str, dict[str, Any]] = {
     "segment minseg0.4": {"type": "segment", "min_segment_s": 0.4},
     "segment dwell1": {"type": "segment", "min_dwell_s": 1.0},
     "segment conf0.35 gap0.1": {"type": "segment", "min_confidence": 0.35, "min_gap": 0.1},
+    "segment cont0 (default up to stop 11)": {"type": "segment", "continue_pause_s": 0.0},
+    "segment cont0.15": {"type": "segment", "continue_pause_s": 0.15},
+    "segment cont0.25": {"type": "segment", "continue_pause_s": 0.25},
+    "segment cont0.35": {"type": "segment", "continue_pause_s": 0.35},
 }
 DEFAULTS: dict[str, tuple[str, str]] = {
     "agent default up to stop 9": ("webrtc500 2/1", "ema tau0.5 dwell1"),

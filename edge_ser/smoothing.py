@@ -46,7 +46,9 @@ Smoothers (``type`` in :data:`SmootherConfig`):
   at least ``min_segment_s`` long) its estimate is decided at once, a change placed at the segment's start;
   later windows of the same segment go through the usual dwell and margin. Segments shorter than
   ``min_segment_s`` (clicks, breaths, fillers) never change the emotion. Evidence never crosses a pause, so a
-  new utterance is not dragged toward the previous one's emotion.
+  new utterance is not dragged toward the previous one's emotion, unless the pause is shorter than
+  ``continue_pause_s``: such a segment is the same utterance split by the VAD, it pools with the previous
+  segment's windows and only the dwell can change the label inside it.
 
 :meth:`Smoother.segment` is a no-op for the others (they smooth across pauses).
 """
@@ -210,6 +212,11 @@ class SegmentSmootherConfig(_CommonSmootherConfig):
     min_dwell_s: float = Field(
         3.0, ge=0, description="After a segment's decision, seconds a new label must stay the candidate before "
         "adoption (changes inside one long segment).")
+    continue_pause_s: float = Field(
+        0.15, ge=0, description="A segment that starts less than this many seconds after the previous one ended "
+        "continues it (one utterance split at a short pause): its windows pool with the previous segment's and "
+        "it makes no decision of its own, so only min_dwell_s can change the label. 0: every segment stands "
+        "alone.")
     min_confidence: float = Field(
         0.25, ge=0, le=1, description="A top probability below this makes the state 'uncertain'.")
     min_gap: float = Field(
@@ -753,16 +760,23 @@ class SegmentSmoother(_GridSmoother):
         self._evidence = SegmentEvidence(len(self.labels), self.config.memory_s)
         self._seg_start: float | None = None
         self._decided = False
+        self._ended: tuple[SegmentEvidence, bool, float | None] | None = None  # the last segment, continuable
 
     def _segment_start(self, t: float) -> list[_Evidence]:
         out = self._segment_over()
-        self._seg_start = t
+        ended, self._ended = self._ended, None
+        if ended is not None and t - ended[0].end < self.config.continue_pause_s - _EPS:
+            self._evidence, self._decided, self._seg_start = ended
+        else:
+            self._seg_start = t
         return out
 
     def _segment_over(self) -> list[_Evidence]:
         out = []
         if not self._decided and not self._evidence.empty and self._evidence.span_s >= self.config.min_segment_s - _EPS:
             out.append(self._decision())
+        if not self._evidence.empty:
+            self._ended = (self._evidence, self._decided, self._seg_start)
         self._evidence = SegmentEvidence(len(self.labels), self.config.memory_s)
         self._seg_start = None
         self._decided = False

@@ -347,6 +347,33 @@ def test_change_inside_a_long_utterance_needs_the_dwell() -> None:
     assert found[0].onset is not None and 9.0 <= found[0].onset <= 12.0
 
 
+def test_a_segment_after_a_short_pause_continues_the_utterance() -> None:
+    """continue_pause_s: a part that follows the previous one within the pause pools with it and decides
+    nothing of its own; after a longer pause, or with the option off, it decides as usual."""
+
+    def run_split(config: dict, pause: float, first_s: float = 2.0) -> list[tuple[str, str, float | None]]:
+        smoother = make_smoother({"type": "segment", **config}, EMOTIONS)
+        out = utterance(smoother, 0.0, 3.0, probs(neutral=0.7))
+        out += smoother.segment(4.0)
+        for t1 in np.arange(4.5, 4.0 + first_s + 1e-9, 0.5):
+            out += smoother.push(max(4.0, t1 - 2.0), t1, probs(happy=0.7))
+        start = 4.0 + first_s + pause
+        out += smoother.segment(start)
+        for t1 in (start + 1.0, start + 1.5):
+            out += smoother.push(max(start, t1 - 1.0), t1, probs(sad=0.7))
+        out += smoother.flush(start + 2.5)
+        return [(s.from_label, s.to_label, s.onset) for s in shifts(out)]
+
+    off = {"continue_pause_s": 0.0}
+    assert run_split(off, 0.1) == [("neutral", "happy", 4.0), ("happy", "sad", 6.1)]
+    assert run_split({}, 0.1) == [("neutral", "happy", 4.0)]  # the default: 0.15 s
+    assert run_split({}, 0.3) == [("neutral", "happy", 4.0), ("happy", "sad", 6.3)]
+    assert run_split({"continue_pause_s": 0.35}, 0.3) == [("neutral", "happy", 4.0)]
+    # a first part too short to decide (0.5 s) is decided together with its continuation, from its start
+    assert run_split({}, 0.1, first_s=0.5) == [("neutral", "sad", 4.0)]
+    assert run_split(off, 0.1, first_s=0.5) == [("neutral", "sad", 4.6)]
+
+
 def test_segment_smoother_abstains_when_asked_and_resets() -> None:
     strict = make_smoother({"type": "segment", "min_gap": 0.1}, EMOTIONS)
     out = utterance(strict, 0.0, 3.0, probs(happy=0.45, sad=0.45))
