@@ -80,7 +80,9 @@ TARGETS: dict[str, tuple[str, float]] = {
 """EVAL.md / issue targets; ``ua_final_gap`` is |clip UA - per-second UA of the final utterance labels| (the
 live states' ``ua_gap`` is reported beside it: a live state trails every change by the detection delay)."""
 
-_WINDOW, _GAP, _SEG_START, _SEG_END = 0, 1, 2, 3
+WINDOW, GAP, SEG_START, SEG_END = 0, 1, 2, 3
+"""Kinds of the events :func:`run_stages` returns: a window (value: its index), a gap tick, a segment start or
+end (value: the time)."""
 SmootherSettings = AnySmootherConfig
 
 
@@ -268,9 +270,9 @@ def run_stages(stream_id: str, audio: np.ndarray, vad: VadConfig, windows: Windo
         nonlocal in_speech
         if isinstance(item, SpeechBoundary):
             in_speech = item.kind == "start"
-            events.append((_SEG_START if in_speech else _SEG_END, item.t))
+            events.append((SEG_START if in_speech else SEG_END, item.t))
         for window in windower.push(item):
-            events.append((_WINDOW, len(found)))
+            events.append((WINDOW, len(found)))
             found.append(window)
 
     step = max(1, round(block_s * SAMPLE_RATE))
@@ -280,11 +282,11 @@ def run_stages(stream_id: str, audio: np.ndarray, vad: VadConfig, windows: Windo
             route(item)
         if not in_speech and block.t1 - last_gap >= GAP_TICK_S:
             last_gap = block.t1
-            events.append((_GAP, block.t1))
+            events.append((GAP, block.t1))
     for item in segmenter.flush():
         route(item)
     for window in windower.flush():
-        events.append((_WINDOW, len(found)))
+        events.append((WINDOW, len(found)))
         found.append(window)
     return events, found, len(audio) / SAMPLE_RATE
 
@@ -381,14 +383,14 @@ def replay(track: WindowTrack, smoothing: SmootherSettings, label_space: str = "
     utterances: list[Utterance] = []
     segment = -1
     for kind, value in zip(track.kinds.tolist(), track.values.tolist(), strict=True):
-        if kind == _WINDOW:
+        if kind == WINDOW:
             i = int(value)
             outputs += smoother.push(float(track.t0[i]), float(track.t1[i]), probs[i])
             utterances += tracker.push(segment, float(track.t0[i]), float(track.t1[i]), probs[i])
-        elif kind == _GAP:
+        elif kind == GAP:
             outputs += smoother.gap(value)
             utterances += tracker.close()
-        elif kind == _SEG_START:
+        elif kind == SEG_START:
             segment += 1
             outputs += smoother.segment(value)
     outputs += smoother.flush(track.end_t)
@@ -515,7 +517,7 @@ def plot_stream(scored: ScoredStream, result: Replay, out: Path, model_id: str) 
               for x in result.shifts]
     kinds, values = scored.track.kinds, scored.track.values
     segments = [{"type": "segment_start", "t": float(v)} for k, v in zip(kinds, values, strict=True)
-                if k == _SEG_START]
+                if k == SEG_START]
     segments += [{"type": "utterance", "start": u.start, "end": u.end, "label": u.label} for u in result.utterances]
     return plot_timeline(states, shifts, out, truth=scored.stream.doc.get("intervals"), segments=segments,
                          title=f"{scored.stream.name} ({scored.stream.corpus}, {model_id})")
