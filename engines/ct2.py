@@ -14,10 +14,12 @@ prebuilt export for another model is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +68,40 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path 
     kept["encoder/layer_norm/beta"] = tensors["norm.bias"].astype(np.float32)
     spec.variables = kept
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_model(spec, tmp / "model.bin")
-    for name in _SIDE_FILES:
-        if (base / name).is_file():
-            shutil.copyfile(base / name, tmp / name)
-    fingerprint = {**export_fingerprint(meta, base / "model.bin"), "model_bin_sha256": sha256_file(tmp / "model.bin")}
-    (tmp / "engine.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A folder of this writer's own: two processes exporting the same model at once never share one.
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+    try:
+        write_model(spec, tmp / "model.bin")
+        for name in _SIDE_FILES:
+            if (base / name).is_file():
+                shutil.copyfile(base / name, tmp / name)
+        fingerprint = {**export_fingerprint(meta, base / "model.bin"),
+                       "model_bin_sha256": sha256_file(tmp / "model.bin")}
+        (tmp / "engine.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+        _install(tmp, out, meta, base / "model.bin")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%d encoder layers) to %s", meta.model_id, meta.encoder_layers, out)
     return out
+
+
+def _install(tmp: Path, out: Path, meta: ModelMeta, base_model_bin: Path) -> None:
+    """Rename the finished export ``tmp`` to ``out``. A sound export of the same model already there (another
+    process finished first) is kept as it is; anything else there is moved aside and removed first."""
+    if out.exists():
+        if export_problem(out, meta, base_model_bin) is None:
+            return
+        stale = Path(tempfile.mkdtemp(prefix=f"{out.name}.stale-", dir=out.parent))
+        with contextlib.suppress(FileNotFoundError):  # another writer moved it already
+            out.rename(stale / "old")
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.rename(out)
+    except OSError:  # another writer's export took the name in between: use it if it is sound
+        problem = export_problem(out, meta, base_model_bin)
+        if problem is not None:
+            raise ExportMismatchError(f"CTranslate2 export {out}: {problem}") from None
 
 
 class ExportMismatchError(RuntimeError):

@@ -4,6 +4,9 @@ shipped model on real clips of every corpus; stale exports are rebuilt; unsuppor
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ import pytest
 from realdata import real_windows
 
 from edge_ser.backends import ct2_backend
+from edge_ser.checkpoint import read_meta
+from engines.ct2 import export_problem
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +60,25 @@ def test_a_stale_export_is_rebuilt_not_used(tmp_path: Path, monkeypatch: pytest.
     engine_json.write_text(json.dumps(fingerprint))
     rebuilt = ensure_ct2_export(MODEL)
     assert json.loads((rebuilt / "engine.json").read_text())["weights_sha256"] != "0" * 64
+
+
+def test_processes_exporting_the_same_model_at_once_all_get_a_sound_export(tmp_path: Path) -> None:
+    """Two agents (or sweep workers) starting together on an empty cache used to share one temporary
+    folder, and one of them failed; each writer now builds in a folder of its own and the first one wins."""
+    env = {**os.environ, "EDGE_SER_CACHE": str(tmp_path)}
+    code = ("import sys; from engines.ct2 import ensure_ct2_export; "
+            "print(ensure_ct2_export(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", "from edge_ser.whisper_base import resolve_base; resolve_base()"],
+                   env=env, cwd=ROOT, check=True, timeout=300)  # the base once, so the exports start together
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(MODEL)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in results]
+    folders = {out.strip() for out, _ in results}
+    assert len(folders) == 1
+    meta = read_meta(MODEL)
+    assert export_problem(Path(folders.pop()), meta, None) is None
+    assert [p.name for p in (tmp_path / "ct2").iterdir()] == [f"{meta.model_id}-{meta.weights_sha256[:16]}"]
 
 
 def test_unsupported_compute_type_is_named() -> None:
@@ -138,9 +162,6 @@ np.save(sys.argv[2], np.stack([s.clip_probs() for s in engine.infer(real_windows
 def test_avx512_kernels_compute_what_ctranslate2s_own_choice_computes(tmp_path: Path) -> None:
     """CTranslate2 reads its ISA once per process: each setting runs in its own process."""
     import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "CT2_FORCE_CPU_ISA"}
     probs = {}
     for isa in ("AVX512", "ctranslate2"):
