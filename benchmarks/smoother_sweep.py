@@ -89,8 +89,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "agent default since stop 10": ("gated250 2/1 grow whole8", "segment"),
 }
 LABEL_SPACES = ("model", "4class")
-METRICS = ("ua", "ua_final", "clip_ua", "ua_gap", "ua_final_gap", "abstain", "precision", "recall", "f1",
-           "median_delay_s", "median_onset_error_s", "spurious_per_min", "unmatched_per_min")
+METRICS = ("ua", "ua_final", "clip_ua", "clip_second_ua", "ua_gap", "ua_final_gap", "abstain", "precision",
+           "recall", "f1", "median_delay_s", "median_onset_error_s", "spurious_per_min", "unmatched_per_min")
 
 
 def fold_models(loco: Path) -> dict[str, Path]:
@@ -111,7 +111,8 @@ def fold_models(loco: Path) -> dict[str, Path]:
 
 def flat(entry: dict[str, Any]) -> dict[str, float | None]:
     t = entry["tracking"]
-    return {"ua": t["ua"], "ua_final": t["ua_final"], "clip_ua": entry["clip_ua"], "ua_gap": entry["ua_gap"],
+    return {"ua": t["ua"], "ua_final": t["ua_final"], "clip_ua": entry["clip_ua"],
+            "clip_second_ua": entry["clip_second_ua"], "ua_gap": entry["ua_gap"],
             "ua_final_gap": entry["ua_final_gap"], "abstain": abstained(entry["seconds"]),
             "precision": t["precision"], "recall": t["recall"], "f1": t["f1"], "median_delay_s": t["median_delay_s"],
             "median_onset_error_s": t["median_onset_error_s"], "spurious_per_min": t["spurious_per_min"],
@@ -140,14 +141,16 @@ def _f(value: float | None, digits: int = 3) -> str:
 
 def table(rows: list[dict[str, Any]], label_space: str, limit: int | None = None) -> str:
     chosen = sorted((r for r in rows if r["label_space"] == label_space), key=rank)
-    lines = ["| VAD, window/hop | smoother | UA/s live | UA/s utt | clip UA | utt gap | abstain | P | R | F1 | "
-             "delay s | spur/min | unmatched/min | met |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| VAD, window/hop | smoother | UA/s live | UA/s utt | UA/s clips | clip UA | utt gap | abstain | P | R | "
+             "F1 | delay s | spur/min | unmatched/min | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in chosen[:limit]:
         m = r["mean"]
-        lines.append(f"| {r['setup']} | {r['smoother']} | {_f(m['ua'])} | {_f(m['ua_final'])} | {_f(m['clip_ua'])} | "
-                     f"{_f(m['ua_final_gap'])} | {_f(m['abstain'], 2)} | {_f(m['precision'])} | "
-                     f"{_f(m['recall'])} | {_f(m['f1'])} | {_f(m['median_delay_s'], 2)} | "
-                     f"{_f(m['spurious_per_min'], 2)} | {_f(m['unmatched_per_min'], 2)} | {r['targets_met']}/4 |")
+        lines.append(f"| {r['setup']} | {r['smoother']} | {_f(m['ua'])} | {_f(m['ua_final'])} | "
+                     f"{_f(m['clip_second_ua'])} | {_f(m['clip_ua'])} | {_f(m['ua_final_gap'])} | "
+                     f"{_f(m['abstain'], 2)} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | "
+                     f"{_f(m['median_delay_s'], 2)} | {_f(m['spurious_per_min'], 2)} | "
+                     f"{_f(m['unmatched_per_min'], 2)} | {r['targets_met']}/4 |")
     return "\n".join(lines)
 
 
@@ -158,12 +161,13 @@ def rank(row: dict[str, Any]) -> tuple[float, ...]:
 
 
 def per_corpus_table(row: dict[str, Any]) -> str:
-    lines = ["| held-out corpus | UA/s live | UA/s utt | clip UA | abstain | P | R | F1 | delay s | spur/min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| held-out corpus | UA/s live | UA/s utt | UA/s clips | clip UA | abstain | P | R | F1 | delay s | "
+             "spur/min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for corpus, m in row["per_corpus"].items():
-        lines.append(f"| {corpus} | {_f(m['ua'])} | {_f(m['ua_final'])} | {_f(m['clip_ua'])} | {_f(m['abstain'], 2)} | "
-                     f"{_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | {_f(m['median_delay_s'], 2)} | "
-                     f"{_f(m['spurious_per_min'], 2)} |")
+        lines.append(f"| {corpus} | {_f(m['ua'])} | {_f(m['ua_final'])} | {_f(m['clip_second_ua'])} | "
+                     f"{_f(m['clip_ua'])} | {_f(m['abstain'], 2)} | {_f(m['precision'])} | {_f(m['recall'])} | "
+                     f"{_f(m['f1'])} | {_f(m['median_delay_s'], 2)} | {_f(m['spurious_per_min'], 2)} |")
     return "\n".join(lines)
 
 

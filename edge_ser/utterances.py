@@ -5,8 +5,10 @@ change emotion between utterances far more often than inside one. Two things poo
 
 - :class:`SegmentEvidence` pools the window probabilities of one segment. A window that lies inside a later
   window of the same segment (the growing windows at a segment's start, see ``windows.WindowConfig.grow``)
-  is superseded by it; the others are averaged in the log domain, each weighted by the audio it adds after
-  the previous one (a weighted geometric mean, renormalised). For the frame head, whose clip logits are the
+  is superseded by it, up to the 20 ms by which the windower cuts a window's start to a whole number of
+  encoder frames (so the segment's closing window, over all of it, replaces the 1 s window it began with);
+  the others are averaged in the log domain, each weighted by the audio it adds after the previous one (a
+  weighted geometric mean, renormalised). For the frame head, whose clip logits are the
   mean of its frame logits, that is the mean of the windows' clip logits up to a constant. ``memory_s``
   keeps only windows that ended within that many seconds of the newest one (None: the whole segment).
 - :class:`UtteranceTracker` groups one stream's windows by segment id and returns an :class:`Utterance`
@@ -22,8 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ser.types import SAMPLE_RATE
+from edge_ser.windows import WINDOW_QUANTUM
+
 _PROB_FLOOR = 1e-6
 _EPS = 1e-6
+_QUANTUM_S = WINDOW_QUANTUM / SAMPLE_RATE
+"""A window's length is a multiple of 20 ms, cut at its start (``edge_ser.windows``): a window that ends later
+and starts up to this much after another still holds all of its speech."""
 
 
 class SegmentEvidence:
@@ -60,7 +68,7 @@ class SegmentEvidence:
         if p.shape != (self.n_labels,):
             raise ValueError(f"segment evidence: expected probs of shape ({self.n_labels},), got {p.shape}")
         logp = np.log(np.maximum(p / p.sum(), _PROB_FLOOR))
-        while self._windows and self._windows[-1][0] >= t0 - _EPS:  # the new window contains it
+        while self._windows and self._windows[-1][0] >= t0 - _QUANTUM_S - _EPS:  # the new window contains it
             self._windows.pop()
         self._windows.append((float(t0), float(t1), logp))
         if self.memory_s is not None:

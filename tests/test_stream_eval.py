@@ -16,7 +16,9 @@ from edge_ser.vad import VadConfig
 from edge_ser.windows import WindowConfig
 from trainer import stream_eval
 from trainer.evaluate import main as eval_main
+from trainer.metrics import unweighted_accuracy
 from trainer.streams import StreamBuildConfig, build_streams
+from trainer.tracking import StreamTruth
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path("/work/shared/data/manifest.csv")
@@ -52,6 +54,7 @@ def test_report_has_every_metric_in_range(first_run: dict[str, Any]) -> None:
     for entry in [*report["streams"], report["aggregate"], *report["corpora"].values()]:
         t = entry["tracking"]
         assert _in_unit(t["ua"]) and _in_unit(t["ua_final"]) and _in_unit(t["wa"]) and _in_unit(entry["clip_ua"])
+        assert _in_unit(entry["clip_second_ua"])
         assert entry["ua_gap"] == pytest.approx(abs(entry["clip_ua"] - t["ua"]))
         assert entry["ua_final_gap"] == pytest.approx(abs(entry["clip_ua"] - t["ua_final"]))
         assert sum(t["final_total"].values()) == t["n_seconds"]  # the same seconds, answered by utterances
@@ -100,3 +103,20 @@ def test_stages_tick_gaps_through_silence_and_window_speech_in_pipeline_order() 
     assert windows == [] and end_t == 2.0
     assert [round(t, 3) for kind, t in events] == [0.5, 1.0, 1.5, 2.0]
     assert {kind for kind, _ in events} == {1}
+
+
+def test_clip_second_ua_weights_each_clip_by_its_seconds() -> None:
+    """A long clip called wrong weighs its seconds per second, not one vote per clip (pure logic)."""
+    labels = ("neutral", "happy", "sad", "angry")
+    truth = StreamTruth.from_dict({"intervals": [{"start": 0.0, "end": 1.0, "label": "neutral"},
+                                                 {"start": 1.5, "end": 4.5, "label": "neutral"},
+                                                 {"start": 5.0, "end": 6.0, "label": "happy"}],
+                                   "boundaries": [5.0]})
+    stream = stream_eval.ShiftStream("s", Path("s.json"), Path("s.opus"), {"corpus": "x"}, truth)
+    empty = np.zeros(0)
+    track = stream_eval.WindowTrack(labels, empty, empty, empty, empty, np.zeros((0, 4)), 6.0)
+    said = np.log(np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.7, 0.1, 0.1]]))
+    scored = [stream_eval.ScoredStream(stream, track, said)]
+    # clips: neutral 1 of 2 right, happy 1 of 1 -> 0.75; seconds: neutral 1 of 4 (0.5 | 1.5 2.5 3.5), happy 1 of 1
+    assert unweighted_accuracy(stream_eval.clip_confusion(scored, labels)) == pytest.approx(0.75)
+    assert stream_eval.clip_second_ua(scored) == pytest.approx(0.625)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_ser.types import SAMPLE_RATE, AudioBlock, SpeechBoundary
 from edge_ser.utterances import SegmentEvidence, UtteranceTracker
+from edge_ser.windows import WindowConfig, Windower
 
 LABELS = ("neutral", "happy", "sad", "angry")
 
@@ -21,6 +23,26 @@ def test_growing_windows_are_superseded_by_the_window_that_contains_them() -> No
     ev.add(0.0, 2.0, dist(1, 7, 1, 1))  # contains the first: only this one counts
     np.testing.assert_allclose(ev.probs(), dist(1, 7, 1, 1))
     assert ev.span_s == 2.0 and ev.start == 0.0 and ev.end == 2.0
+
+
+@pytest.mark.parametrize("length_s", [1.65, 2.05, 3.37])
+def test_the_closing_window_over_a_whole_segment_is_its_utterance(length_s: float) -> None:
+    """The windower cuts each window's start to a whole number of 20 ms frames, so the closing window of a
+    segment that is not a multiple of 20 ms long starts up to 20 ms after the 1 s window the segment began
+    with; it still supersedes that window (up to stop 12 the 1 s window kept a weight of 1 s against the
+    closing window's remainder)."""
+    windower = Windower("s", WindowConfig())
+    start = 0.42
+    n = round(length_s * SAMPLE_RATE)
+    windows = windower.push(SpeechBoundary("s", "start", start, 0))
+    for i in range(0, n, 1600):
+        windows += windower.push(AudioBlock("s", start + i / SAMPLE_RATE, np.zeros(min(1600, n - i), np.float32)))
+    windows += windower.push(SpeechBoundary("s", "end", start + n / SAMPLE_RATE, 0))
+    assert windows[0].t0 == start and windows[-1].t0 > start  # the 1 s window and the closing one, cut
+    ev = SegmentEvidence(4)
+    for k, w in enumerate(windows):
+        ev.add(w.t0, w.t1, dist(1, 1, 1, 7) if k < len(windows) - 1 else dist(1, 7, 1, 1))
+    np.testing.assert_allclose(ev.probs(), dist(1, 7, 1, 1))
 
 
 def test_sliding_windows_pool_as_a_weighted_geometric_mean() -> None:
