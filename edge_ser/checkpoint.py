@@ -39,7 +39,7 @@ class ModelMeta:
     labels: list[str]
     encoder_layers: int
     head: dict[str, Any]
-    features: dict[str, int]
+    features: dict[str, int | float]
     finetuned_layers: list[int] = field(default_factory=list)
     base: dict[str, Any] = field(default_factory=lambda: {"name": "whisper-base"})
     class_log_prior: list[float] | None = None
@@ -123,8 +123,9 @@ def _check_types(path: Path, meta: ModelMeta) -> None:
         raise CheckpointError(f"{path}: 'model_id' must not be empty")
     if not _is_int(meta.encoder_layers):
         raise CheckpointError(f"{path}: 'encoder_layers' must be an int, got {meta.encoder_layers!r:.60}")
-    if not all(_is_int(v) and v > 0 for v in meta.features.values()):
-        raise CheckpointError(f"{path}: 'features' values must be positive ints, got {meta.features!r:.120}")
+    if not all((_is_number(v) if k == "trim_db" else _is_int(v)) and v > 0 for k, v in meta.features.items()):
+        raise CheckpointError(f"{path}: 'features' values must be positive ints (trim_db: a positive number), "
+                              f"got {meta.features!r:.120}")
     if not all(_is_number(v) and v > 0 for v in meta.window.values()):
         raise CheckpointError(f"{path}: 'window' values must be positive numbers, got {meta.window!r:.120}")
     prior = meta.class_log_prior

@@ -3,6 +3,12 @@
 It reproduces Whisper's ``log_mel_spectrogram`` (80 mel bins, 25 ms Hann window, 10 ms hop, log10,
 dynamic range clamped to 8, scaled by ``(x + 4) / 4``) at the audio's *actual* length: no padding to 30 s.
 One mel frame per 10 ms; the encoder turns two mel frames into one 20 ms output frame.
+
+A model trained with ``FeatureParams.trim_db`` set sees its input without quiet edges: leading and trailing
+20 ms frames more than ``trim_db`` below the input's loudest one are cut before the spectrogram
+(:func:`trim_quiet_edges`), in training, in evaluation and in every window the agent scores, so that no
+model can learn what a corpus's leading or trailing silence looks like (the clip protocol's inputs carry it,
+the agent's VAD-cut windows do not).
 """
 
 from __future__ import annotations
@@ -23,9 +29,17 @@ class FeatureParams:
     n_fft: int = 400
     hop_length: int = 160
     n_mels: int = 80
+    trim_db: float | None = None
+    """Cut leading / trailing 20 ms frames this many dB below the loudest (None: keep the input whole)."""
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.trim_db is not None and not self.trim_db > 0:
+            raise ValueError(f"feature params: trim_db must be > 0 dB or None, got {self.trim_db!r}")
+
+    def to_dict(self) -> dict[str, int | float]:
+        """As stored in checkpoints and cache keys; ``trim_db`` only when set, so older keys stay valid."""
+        out: dict[str, int | float] = {k: v for k, v in asdict(self).items() if v is not None}
+        return out
 
 
 DEFAULT_PARAMS = FeatureParams()
@@ -84,8 +98,33 @@ def n_frames(n_samples: int, params: FeatureParams = DEFAULT_PARAMS) -> int:
     return n_samples // params.hop_length
 
 
+TRIM_FRAME = 320
+"""Samples per trimming frame: 20 ms, one encoder output frame."""
+
+
+def trim_quiet_edges(audio: np.ndarray, trim_db: float) -> np.ndarray:
+    """``audio`` without its leading and trailing 20 ms frames whose energy is more than ``trim_db`` below the
+    loudest frame's. Frames are counted from the first sample, so a multiple of 320 samples stays one; at
+    least two frames (40 ms) are kept; digital silence throughout is returned unchanged."""
+    count = len(audio) // TRIM_FRAME
+    if count <= 2:
+        return audio
+    frames = audio[: count * TRIM_FRAME].astype(np.float64).reshape(count, TRIM_FRAME)
+    energy = np.einsum("ij,ij->i", frames, frames)
+    peak = float(energy.max())
+    if peak <= 0.0:
+        return audio
+    loud = np.flatnonzero(energy >= peak * 10.0 ** (-trim_db / 10.0))
+    first, last = int(loud[0]), int(loud[-1]) + 1
+    if last - first < 2:  # one loud frame: keep its neighbour too
+        first, last = (first, first + 2) if first + 2 <= count else (count - 2, count)
+    end = len(audio) if last == count else last * TRIM_FRAME
+    return audio[first * TRIM_FRAME : end]
+
+
 def log_mel(audio: np.ndarray, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
-    """Whisper log-mel spectrogram of 16 kHz mono audio, shape (n_mels, len(audio) // hop), float32.
+    """Whisper log-mel spectrogram of 16 kHz mono audio, shape (n_mels, len(audio) // hop), float32; with
+    ``params.trim_db`` set, of the audio without its quiet edges (:func:`trim_quiet_edges`), so fewer frames.
 
     Raises ValueError for audio that is not 1-D, shorter than one FFT window, or not finite.
     """
@@ -96,6 +135,8 @@ def log_mel(audio: np.ndarray, params: FeatureParams = DEFAULT_PARAMS) -> np.nda
         raise ValueError(f"log_mel needs at least {params.n_fft} samples, got {len(audio)}")
     if not np.all(np.isfinite(audio)):
         raise ValueError("log_mel got NaN or infinite samples")
+    if params.trim_db is not None:
+        audio = trim_quiet_edges(audio, params.trim_db)
     x = audio.astype(np.float64, copy=False)
     half = params.n_fft // 2
     padded = np.pad(x, (half, half), mode="reflect")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, read_meta, save_checkpoint
-from edge_ser.features import DEFAULT_PARAMS
+from edge_ser.features import DEFAULT_PARAMS, FeatureParams
 from edge_ser.types import EMOTIONS
 
 
@@ -35,6 +35,13 @@ def test_roundtrip(tmp_path: Path) -> None:
     assert meta.labels == list(EMOTIONS)
     assert len(meta.weights_sha256) == 64
     np.testing.assert_array_equal(tensors["head.fc1.weight"], _tensors()["head.fc1.weight"])
+
+
+def test_feature_params_with_trimming_roundtrip(tmp_path: Path) -> None:
+    meta = _meta()
+    meta.features = FeatureParams(trim_db=40.0).to_dict()
+    save_checkpoint(tmp_path, meta, _tensors())
+    assert FeatureParams(**read_meta(tmp_path).features) == FeatureParams(trim_db=40.0)
 
 
 def test_tampered_weights_fail_the_checksum(tmp_path: Path) -> None:
@@ -64,6 +71,8 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
         (lambda d: d.update(surprise=1), r"unknown fields \['surprise'\]"),
         (lambda d: d.update(finetuned_layers=[7]), r"finetuned_layers' \[7\]"),
         (lambda d: d["head"].update(type="rnn"), "head.type"),
+        (lambda d: d["features"].update(trim_db=-3.0), r"'features' values must be positive ints \(trim_db"),
+        (lambda d: d["features"].update(n_mels=80.5), "'features' values"),
     ],
 )
 def test_bad_metadata_is_refused(tmp_path: Path, edit, message: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_ser.features import encoder_frames, log_mel, mel_filters, n_frames
+from edge_ser.features import FeatureParams, encoder_frames, log_mel, mel_filters, n_frames, trim_quiet_edges
 
 torch = pytest.importorskip("torch")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,3 +58,33 @@ def test_frame_arithmetic() -> None:
 def test_bad_audio_is_rejected_with_the_reason(audio: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         log_mel(audio)
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason=f"corpus clip {CLIP} not available")
+def test_trimming_cuts_the_quiet_edges_of_real_speech_and_nothing_inside() -> None:
+    audio, _ = sf.read(CLIP, dtype="float32")
+    audio = audio[: len(audio) // 320 * 320]
+    trimmed = trim_quiet_edges(audio, 40.0)
+    assert len(trimmed) % 320 == 0 and len(trimmed) < len(audio) - 16_000  # RAVDESS: ~1 s of silence each side
+    start = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(audio, len(trimmed))[:: 320]
+                                      == trimmed, axis=1))[0]) * 320
+    frames = audio.reshape(-1, 320).astype(np.float64)
+    level = 10 * np.log10(np.maximum((frames**2).sum(axis=1), 1e-20))
+    kept = slice(start // 320, (start + len(trimmed)) // 320)
+    assert level[kept][[0, -1]].min() >= level.max() - 40.0  # the edges kept are loud enough
+    outside = np.r_[level[: kept.start], level[kept.stop :]]
+    assert outside.max() < level.max() - 40.0  # everything cut was quiet
+    assert level[kept].min() < level.max() - 40.0  # pauses inside the utterance stay
+    np.testing.assert_array_equal(log_mel(audio, FeatureParams(trim_db=40.0)), log_mel(trimmed))
+
+
+def test_trimming_keeps_silence_and_a_lone_click_usable() -> None:
+    silence = np.zeros(16_000, np.float32)
+    assert trim_quiet_edges(silence, 40.0) is silence
+    click = silence.copy()
+    click[8_000] = 1.0
+    assert len(trim_quiet_edges(click, 40.0)) == 640
+    assert log_mel(click, FeatureParams(trim_db=40.0)).shape == (80, 4)
+    with pytest.raises(ValueError, match="trim_db"):
+        FeatureParams(trim_db=0.0)
+    assert "trim_db" not in FeatureParams().to_dict()  # older checkpoints and cache keys are unchanged

@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from edge_ser.checkpoint import load_checkpoint
+from edge_ser.features import FeatureParams
 from trainer.config import load_config
 from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips
 from trainer.train import main as train_main
@@ -113,6 +114,30 @@ def test_evaluate_cli_writes_eval_json_and_matches_the_cache(workspace: dict[str
     assert np.allclose(cached, decoded, atol=0.05)
     # the frame head's clip score is the plain mean of its frame logits (what per-second scores average)
     assert np.allclose(predict_cached(model, data.cache.views[0], some, 3, frame_mean=True), cached, atol=1e-4)
+
+
+def test_a_model_trained_on_trimmed_inputs_keeps_trimming_them(workspace: dict[str, Path]) -> None:
+    """``trim_db``: the cache, the checkpoint and decoding from audio all cut the same quiet edges."""
+    out = workspace["root"] / "trimmed"
+    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1",
+                 "trim_db=40"]
+    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(out), *TINY, *[x for o in overrides for x in ("--set", o)]]) == 0
+    model, meta = build_model_from_checkpoint(out / "model")
+    assert FeatureParams(**meta.features) == FeatureParams(trim_db=40.0)
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", overrides)
+    trimmed = prepare(config, workspace["manifest"]).cache.views[0]
+    whole = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides[:-1]), workspace["manifest"])
+    clips = whole.manifest.clips
+    assert trimmed.folder != whole.cache.views[0].folder  # a cache of its own, never the untrimmed one
+    ravdess = [i for i, c in enumerate(clips) if c.corpus == "ravdess"]
+    assert np.all(trimmed.length <= whole.cache.views[0].length)
+    cut = whole.cache.views[0].length[ravdess] - trimmed.length[ravdess]
+    assert np.sum(cut > 25) >= 0.8 * len(ravdess)  # RAVDESS: most clips lose > 0.5 s of leading/trailing silence
+    some = list(range(0, len(clips), 7))
+    cached = predict_cached(model, trimmed, some, 3)
+    decoded, problems = predict_clips(model, [clips[i] for i in some], params=FeatureParams(**meta.features))
+    assert not problems and np.allclose(cached, decoded, atol=0.05)
 
 
 def test_resume_continues_the_history(workspace: dict[str, Path]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from edge_ser.audio import AudioError
+from edge_ser.features import DEFAULT_PARAMS, FeatureParams
 from edge_ser.types import SAMPLE_RATE
 from trainer.augment import Augmenter
 from trainer.cache import CacheSet, pad_mels, prepare_mel
@@ -39,13 +40,14 @@ class AudioDataset(torch.utils.data.Dataset[Any]):
     """On-the-fly training views (no cache): decode, augment, log-mel, SpecAugment."""
 
     def __init__(self, clips: Sequence[Clip], augmenter: Augmenter | None, max_clip_s: float, seed: int,
-                 skip_bad: bool) -> None:
+                 skip_bad: bool, params: FeatureParams = DEFAULT_PARAMS) -> None:
         self.clips = list(clips)
         self.augmenter = augmenter
         self.max_samples = int(max_clip_s * SAMPLE_RATE)
         self.seed = seed
         self.skip_bad = skip_bad
         self.epoch = 0
+        self.params = params
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -54,7 +56,7 @@ class AudioDataset(torch.utils.data.Dataset[Any]):
         rng = np.random.default_rng([self.seed, self.epoch, position, 1])
         try:
             audio = read_clip(self.clips[position])
-            return position, prepare_mel(audio, rng, self.augmenter, self.max_samples)
+            return position, prepare_mel(audio, rng, self.augmenter, self.max_samples, self.params)
         except (AudioError, ValueError) as exc:
             if not self.skip_bad:
                 raise

@@ -54,7 +54,7 @@ class ViewRecipe:
     seed: int
     max_clip_s: float
     augment: dict[str, Any] | None  # None: the clean view
-    features: dict[str, int]
+    features: dict[str, int | float]
     base_bytes: int
 
     def key(self) -> str:
@@ -175,18 +175,21 @@ def _base_encoder(base_bin: Path, layers: int, threads: int | None) -> WhisperEn
 
 def ensure_cache(manifest: Manifest, cache_dir: str | Path, layer: int, views: int, augment: AugmentConfig,
                  seed: int, max_clip_s: float, base_bin: Path, batch_frames: int = 4096,
-                 threads: int | None = None, extra_layers: Sequence[int] = ()) -> CacheSet:
+                 threads: int | None = None, extra_layers: Sequence[int] = (),
+                 params: FeatureParams = DEFAULT_PARAMS) -> CacheSet:
     """Build what is missing and open the cache of ``views`` views at ``layer`` for every clip in ``manifest``.
 
-    ``extra_layers`` are computed in the same pass (e.g. layer 2 for later top-layer fine-tuning).
+    ``extra_layers`` are computed in the same pass (e.g. layer 2 for later top-layer fine-tuning); ``params``
+    are the model's feature parameters (part of each view's key).
     """
     root = Path(cache_dir) / manifest.audio_key()
-    recipes = [view_recipe(v, seed, max_clip_s, augment, base_bin) for v in range(views)]
+    recipes = [view_recipe(v, seed, max_clip_s, augment, base_bin, params) for v in range(views)]
     wanted = sorted({layer, *extra_layers})
     todo = {r.view: [n for n in wanted if not (root / r.key() / f"layer{n}.f16").is_file()] for r in recipes}
     todo = {v: ns for v, ns in todo.items() if ns}
     if todo:
-        _build(manifest, root, [recipes[v] for v in sorted(todo)], todo, augment, base_bin, batch_frames, threads)
+        _build(manifest, root, [recipes[v] for v in sorted(todo)], todo, augment, base_bin, batch_frames, threads,
+               params)
     opened = [CachedView(root / r.key(), layer) for r in recipes]
     bad = {int(i): opened[0].meta["bad"].get(str(int(i)), "bad") for i in np.flatnonzero(opened[0].status)}
     return CacheSet(views=opened, bad=bad)
@@ -207,7 +210,8 @@ def babble_pool(clips: Sequence[Clip], size: int, seed: int) -> list[np.ndarray]
 
 
 def _build(manifest: Manifest, root: Path, recipes: list[ViewRecipe], todo: dict[int, list[int]],
-           augment: AugmentConfig, base_bin: Path, batch_frames: int, threads: int | None) -> None:
+           augment: AugmentConfig, base_bin: Path, batch_frames: int, threads: int | None,
+           params: FeatureParams = DEFAULT_PARAMS) -> None:
     clips = manifest.clips
     deepest = max(max(ns) for ns in todo.values())
     encoder = _base_encoder(base_bin, deepest, threads)
@@ -249,7 +253,8 @@ def _build(manifest: Manifest, root: Path, recipes: list[ViewRecipe], todo: dict
                 for i, x in audio.items():
                     rng = None if r.augment is None else np.random.default_rng([r.seed, r.view, i])
                     try:
-                        mels[i] = prepare_mel(x, rng, None if r.augment is None else augmenter, max_samples)
+                        mels[i] = prepare_mel(x, rng, None if r.augment is None else augmenter, max_samples,
+                                              params)
                     except (AudioError, ValueError) as exc:
                         status[r.view][i] = 1
                         bad[r.view][str(i)] = f"{clips[i].path}: {exc}"

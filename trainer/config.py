@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_ser.features import FeatureParams
 from trainer.augment import AugmentConfig
 
 
@@ -68,6 +69,9 @@ class TrainConfig(BaseModel):
     head: HeadSettings = Field(default_factory=HeadSettings, description="Emotion head.")
     max_clip_s: float = Field(8.0, gt=0.1, le=30.0, description="Longer clips are cropped (random for "
                               "training views, centred for evaluation).")
+    trim_db: float | None = Field(None, gt=0, le=120, description="Cut each input's leading and trailing 20 ms "
+                                  "frames more than this many dB below its loudest (edge_ser.features); stored in "
+                                  "the model, so evaluation and the agent cut the same way. null: inputs whole.")
     views: int = Field(3, ge=1, le=16, description="Cached versions per clip: view 0 clean, others augmented.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentations.")
     cache: bool = Field(True, description="Train from cached frozen-layer outputs (false: on the fly).")
@@ -105,6 +109,11 @@ class TrainConfig(BaseModel):
     @property
     def frozen_layers(self) -> int:
         return self.encoder_layers - self.trainable_layers
+
+    @property
+    def feature_params(self) -> FeatureParams:
+        """The model's log-mel parameters (stored in its checkpoint and in the cache keys)."""
+        return FeatureParams(trim_db=self.trim_db)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

