@@ -48,14 +48,23 @@ log = logging.getLogger("smoother_sweep")
 REFERENCE = "raw windows (reference)"
 SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # name: (VadConfig fields, WindowConfig fields), every field that differs between them spelled out.
-    # "webrtc500 2/1" is the agent's default up to stop 9; "gated250 2/1 grow whole8" the default since stop 10.
-    "webrtc500 2/1": ({"gate_above_floor_db": None, "min_voiced_ms": 0, "end_hangover_ms": 500},
+    # "webrtc500 2/1" is the agent's default up to stop 9; "gated250 2/1 grow whole8" the default since stop 10
+    # (since stop 13 with the VAD's max_unvoiced_ms; the preset marked "up to stop 12" without it).
+    "webrtc500 2/1": ({"gate_above_floor_db": None, "min_voiced_ms": 0, "end_hangover_ms": 500,
+                       "max_unvoiced_ms": None},
                       {"window_s": 2.0, "hop_s": 1.0, "grow": False, "whole_max_s": None}),
     "gated250 2/1": ({"end_hangover_ms": 250}, {"window_s": 2.0, "hop_s": 1.0, "grow": False, "whole_max_s": None}),
     "gated250 2/1 grow": ({"end_hangover_ms": 250},
                           {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": None}),
     "gated250 2/1 grow whole8": ({"end_hangover_ms": 250},
                                  {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
+    "gated250 2/1 grow whole8 unvoiced-off (default up to stop 12)": (
+        {"end_hangover_ms": 250, "max_unvoiced_ms": None},
+        {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
+    "gated250 2/1 grow whole8 unvoiced300": ({"end_hangover_ms": 250, "max_unvoiced_ms": 300},
+                                             {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
+    "gated250 2/1 grow whole8 unvoiced500": ({"end_hangover_ms": 250, "max_unvoiced_ms": 500},
+                                             {"window_s": 2.0, "hop_s": 1.0, "grow": True, "whole_max_s": 8.0}),
     "gated250 2/0.5 grow whole8": ({"end_hangover_ms": 250},
                                    {"window_s": 2.0, "hop_s": 0.5, "grow": True, "whole_max_s": 8.0}),
     "gated250 3/1 grow whole8": ({"end_hangover_ms": 250},
@@ -86,7 +95,7 @@ SMOOTHERS: dict[str, dict[str, Any]] = {
 }
 DEFAULTS: dict[str, tuple[str, str]] = {
     "agent default up to stop 9": ("webrtc500 2/1", "ema tau0.5 dwell1"),
-    "agent default since stop 10": ("gated250 2/1 grow whole8", "segment"),
+    "agent default (this version)": ("gated250 2/1 grow whole8", "segment"),
 }
 LABEL_SPACES = ("model", "4class")
 METRICS = ("ua", "ua_final", "clip_ua", "clip_second_ua", "ua_gap", "ua_final_gap", "abstain", "precision",

@@ -8,7 +8,7 @@ label is that of the utterance at the clip's midpoint (else the nearest one), as
 most of its seconds. Reads a ``benchmarks/smoother_sweep.py`` output folder (streams + score cache) and the
 LOCO run whose fold models scored it; no encoder runs when the cache holds the agent's default setup.
 
-    python benchmarks/utterance_vs_clip.py runs/sweep-v2-s1 runs/loco-v2-s0-all
+    python benchmarks/utterance_vs_clip.py runs/sweep-v2-s1 runs/loco-v2-s0-all [--vad max_unvoiced_ms=null]
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
+from edge_ser.vad import VadConfig
 from trainer.metrics import protocol_probs
 from trainer.stream_eval import (
     LazyEngine,
@@ -75,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="smoother_sweep output folder (streams/, cache/)")
     parser.add_argument("loco", type=Path, help="LOCO run folder with fold-<corpus>/model/")
+    parser.add_argument("--vad", action="append", default=[], metavar="KEY=VALUE",
+                        help="a VAD field over the agent's default (value as YAML; e.g. max_unvoiced_ms=null)")
     args = parser.parse_args(argv)
-    config = StreamEvalConfig()
+    overrides = {}
+    for item in args.vad:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--vad {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    config = StreamEvalConfig(vad=VadConfig(**overrides))
     corpora = sorted(p.name for p in (args.sweep / "streams").iterdir() if p.is_dir())
     if not corpora:
         parser.error(f"{args.sweep}/streams: no corpus folders (expected a smoother_sweep output)")

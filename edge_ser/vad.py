@@ -17,7 +17,10 @@ and noise bursts would open one. Two tests guard against that:
   (their 90th percentile); digital silence (below -90 dBFS) is never speech and stays out of both;
 - voicing: a segment opens only once its run of speech frames holds ``min_voiced_ms`` of voiced frames (a
   periodic waveform: normalised autocorrelation peak of at least ``voicing_threshold`` at a pitch lag of
-  2.5-20 ms). Noise, clicks and hum carry no vowel.
+  2.5-20 ms). Noise, clicks and hum carry no vowel. Inside a segment, once its speech frames have gone
+  ``max_unvoiced_ms`` without a voiced one, the segment ends there: noise louder than the floor that
+  follows an utterance (and that webrtcvad and the gate let through) does not carry the segment on into
+  the next utterance. Pauses of silence do not count toward it; ``end_hangover_ms`` ends those.
 
 Blocks may have any length (an internal buffer cuts frames). Time is an input: stream-relative seconds from
 the blocks, never the clock. A block that does not continue where the previous one ended (a gap in the
@@ -69,6 +72,9 @@ class VadConfig(BaseModel):
                                                                      "2.5-20 ms) that makes a frame voiced.")
     gate_window_s: float = Field(10.0, ge=0.5, le=600.0, description="Energy gate: seconds of frame energies the "
                                                                      "floor and speech level are taken over.")
+    max_unvoiced_ms: int | None = Field(
+        300, ge=30, le=10000, description="Inside a segment: speech frames without a voiced one for this long end "
+        "the segment (noise that passes webrtcvad and the gate; ms). None: only end_hangover_ms ends a segment.")
 
     @model_validator(mode="after")
     def _check(self) -> VadConfig:
@@ -150,6 +156,8 @@ class Segmenter:
         self._end_frames = _frames_for(self.config.end_hangover_ms, self.config.frame_ms)
         self._pre_roll_frames = math.ceil(self.config.pre_roll_ms / self.config.frame_ms)
         self._voiced_frames = math.ceil(self.config.min_voiced_ms / self.config.frame_ms)
+        self._max_unvoiced = (None if self.config.max_unvoiced_ms is None
+                              else _frames_for(self.config.max_unvoiced_ms, self.config.frame_ms))
         self._max_segment = round(self.config.max_segment_s * SAMPLE_RATE)
         self._next_segment_id = 0  # keeps counting across reset(): segment ids stay unique per stream
         c = self.config
@@ -165,6 +173,7 @@ class Segmenter:
         self._history: deque[tuple[int, np.ndarray]] = deque(maxlen=self._start_frames + self._pre_roll_frames)
         self._run = 0  # consecutive speech frames outside a segment
         self._run_voiced = 0  # voiced frames in that run
+        self._unvoiced = 0  # speech frames since the open segment's last voiced one
         self._segment: int | None = None  # id of the open segment
         self._seg_start = 0  # sample index where the open segment starts
         self._emitted_end = 0  # sample index just after the last emitted speech sample
@@ -242,6 +251,11 @@ class Segmenter:
                 self._run = 0
                 self._run_voiced = 0
             return
+        if speech and self._max_unvoiced is not None:
+            self._unvoiced = 0 if voicing(frame) >= self.config.voicing_threshold else self._unvoiced + 1
+            if self._unvoiced > self._max_unvoiced:  # noise, not speech: the utterance ended before it
+                self._close_segment(out)
+                return
         if speech:
             for i, f in self._held:
                 self._emit(i, f, out)
@@ -256,6 +270,7 @@ class Segmenter:
         self._close_chunk(out)
         self._segment = self._next_segment_id
         self._next_segment_id += 1
+        self._unvoiced = 0
         self._seg_start = start
         self._emitted_end = start
         out.append(SpeechBoundary(self.stream_id, "start", self._t(start), self._segment))

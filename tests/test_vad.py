@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge_ser.audio import load_audio
+from edge_ser.features import trim_quiet_edges
 from edge_ser.types import AudioBlock, SpeechBoundary
 from edge_ser.vad import EnergyGate, Segmenter, VadConfig, voicing
 from trainer.streams import noise
@@ -180,6 +181,24 @@ a segment well before a clip."""
     plain = boundaries(feed(Segmenter("s", VadConfig(gate_above_floor_db=None, min_voiced_ms=0)), signal))
     early = [b.t for b in plain if b.kind == "start" and min(s - b.t for s in [*starts, np.inf] if s >= b.t) > 0.3]
     assert early, f"webrtcvad alone started every segment at a clip: {[(b.kind, b.t) for b in plain]}"
+
+
+def test_noise_after_an_utterance_ends_its_segment_after_max_unvoiced_ms() -> None:
+    """A second of -40 dBFS pink noise right after an utterance passes webrtcvad and the energy gate (it is
+    far over the floor): without ``max_unvoiced_ms`` the segment ran on to the end of the noise; now it ends
+    300 ms into it, because none of the noise is voiced."""
+    if not (DATA / CLIPS[0]).exists():
+        pytest.skip(f"real audio not available under {DATA}")
+    speech = trim_quiet_edges(load_audio(DATA / CLIPS[0]), 40.0)
+    rng = np.random.default_rng(0)
+    pad = np.zeros(8000, np.float32)
+    signal = np.concatenate([pad, speech, noise(16000, "pink", -40.0, rng), pad])
+    speech_end, noise_end = (pad.size + speech.size) / 16000, (pad.size + speech.size + 16000) / 16000
+    ends = {m: [b.t for b in boundaries(feed(Segmenter("s", VadConfig(max_unvoiced_ms=m)), signal)) if b.kind == "end"]
+            for m in (None, 300)}
+    assert len(ends[None]) == len(ends[300]) == 1
+    assert ends[None][0] > noise_end - 0.1  # carried through the noise
+    assert speech_end < ends[300][0] <= speech_end + 0.3 + 0.07  # 300 ms of it, to the frame
 
 
 def test_voicing_separates_vowels_from_noise() -> None:
