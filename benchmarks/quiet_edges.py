@@ -19,14 +19,19 @@ import random
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from edge_ser.backends import Ct2EngineConfig, make_engine
 from edge_ser.checkpoint import read_meta
 from edge_ser.features import FeatureParams, trim_quiet_edges
 from edge_ser.types import SAMPLE_RATE
+from trainer.cache import prepare_mel
 from trainer.data import load_manifest, read_clip
-from trainer.evaluate import predict_clips
+from trainer.evaluate import predict_engine
 from trainer.metrics import protocol_probs, score
+
+MAX_CLIP_S = 8.0
+"""Longer clips are centre-cropped to this, as the training recipe crops them (``max_clip_s``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(Ct2EngineConfig(), Path(args.model))
     whole_params = dataclasses.replace(own, trim_db=None)
     trimmed_params = dataclasses.replace(own, trim_db=args.trim_db)
-    whole, _ = predict_clips(engine, clips, max_clip_s=8.0, params=whole_params)
-    trimmed, _ = predict_clips(engine, clips, max_clip_s=8.0, params=trimmed_params)
-    cut_s = np.array([(len(a) - len(trim_quiet_edges(a, args.trim_db))) / SAMPLE_RATE
-                      for a in (read_clip(c) for c in clips)])
+    max_samples = int(MAX_CLIP_S * SAMPLE_RATE)
+    whole_mels, trimmed_mels, cut = [], [], []
+    for clip in tqdm(clips, desc="decode", unit="clip", mininterval=10):  # each clip decoded once
+        audio = read_clip(clip)
+        whole_mels.append(prepare_mel(audio, None, None, max_samples, whole_params))
+        trimmed_mels.append(prepare_mel(audio, None, None, max_samples, trimmed_params))
+        cut.append((len(audio) - len(trim_quiet_edges(audio, args.trim_db))) / SAMPLE_RATE)
+    whole, trimmed, cut_s = predict_engine(engine, whole_mels), predict_engine(engine, trimmed_mels), np.array(cut)
     emotions, corpora = [c.emotion for c in clips], [c.corpus for c in clips]
     ua_whole = score(whole, emotions, corpora, meta.labels)
     ua_trimmed = score(trimmed, emotions, corpora, meta.labels)

@@ -17,9 +17,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
 from edge_ser.vad import VadConfig
+from trainer.config import ConfigError, apply_overrides
 from trainer.metrics import protocol_probs
 from trainer.stream_eval import (
     LazyEngine,
@@ -30,7 +29,7 @@ from trainer.stream_eval import (
     replay,
     score_streams,
 )
-from trainer.tracking import FOUR_CLASSES
+from trainer.tracking import FOUR_CLASSES, utterance_label_at
 
 EDGE_SLACK_S = (0.25, 0.3)
 """How far a segment may start before / end after its clip and still lie inside it (pre-roll, hangover)."""
@@ -54,9 +53,7 @@ def clip_groups(sweep: Path, loco: Path, corpus: str, config: StreamEvalConfig) 
             inside = [u for u in over if u[0] >= clip.start - EDGE_SLACK_S[0] and u[1] <= clip.end + EDGE_SLACK_S[1]]
             group = ("none" if not over else "one" if len(over) == 1 and inside
                      else "split" if len(inside) == len(over) else "merged")
-            mid = (clip.start + clip.end) / 2
-            said = min(over, key=lambda u: 0.0 if u[0] <= mid < u[1] else min(abs(mid - u[0]), abs(mid - u[1])))[2] \
-                if over else None
+            said = utterance_label_at(over, (clip.start + clip.end) / 2)
             counts[group] += 1
             counts[f"{group}:agree"] += said == FOUR_CLASSES[int(best)]
             counts[f"{group}:utterance"] += said == clip.label
@@ -81,13 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vad", action="append", default=[], metavar="KEY=VALUE",
                         help="a VAD field over the agent's default (value as YAML; e.g. max_unvoiced_ms=null)")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.vad:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--vad {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
-    config = StreamEvalConfig(vad=VadConfig(**overrides))
+    try:
+        config = StreamEvalConfig(vad=VadConfig(**apply_overrides({}, args.vad)))
+    except ConfigError as exc:
+        parser.error(f"--vad: {exc}")
     corpora = sorted(p.name for p in (args.sweep / "streams").iterdir() if p.is_dir())
     if not corpora:
         parser.error(f"{args.sweep}/streams: no corpus folders (expected a smoother_sweep output)")

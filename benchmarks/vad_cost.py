@@ -15,22 +15,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from edge_ser.audio import load_audio
 from edge_ser.types import SAMPLE_RATE, AudioBlock
 from edge_ser.vad import Segmenter, VadConfig
+from trainer.config import apply_overrides
 
 BLOCK = 1600
 
 
 def parse_setting(text: str) -> VadConfig:
     """``"key=value,key=value"`` (values as YAML) over the defaults; ``""`` is the default."""
-    fields = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, _, value = item.partition("=")
-        fields[key.strip()] = yaml.safe_load(value)
-    return VadConfig(**fields)
+    return VadConfig(**apply_overrides({}, [part.strip() for part in text.split(",") if part.strip()]))
 
 
 def run_once(config: VadConfig, streams: list[np.ndarray]) -> float:

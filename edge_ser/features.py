@@ -38,8 +38,7 @@ class FeatureParams:
 
     def to_dict(self) -> dict[str, int | float]:
         """As stored in checkpoints and cache keys; ``trim_db`` only when set, so older keys stay valid."""
-        out: dict[str, int | float] = {k: v for k, v in asdict(self).items() if v is not None}
-        return out
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 DEFAULT_PARAMS = FeatureParams()
