@@ -183,6 +183,38 @@ def test_no_cache_training_runs_end_to_end(workspace: dict[str, Path]) -> None:
     assert meta.training["config"]["cache"] is False
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_crops_and_mixup_train_from_the_cache_and_from_audio(workspace: dict[str, Path], cached: bool) -> None:
+    manifest = write_manifest(workspace["root"] / "small", tiny_rows(3))
+    out = workspace["root"] / f"regularized-{cached}"
+    source = ["--set", f"cache_dir={workspace['cache']}"] if cached else ["--no-cache", "--set", "workers=0"]
+    code = train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(manifest),
+                       "--out", str(out), *source, "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY,
+                       "--set", "regularize.crop_p=0.5", "--set", "regularize.mixup_p=0.5"])
+    assert code == 0
+    meta, _ = load_checkpoint(out / "model")
+    assert meta.training["config"]["regularize"]["mixup_p"] == 0.5
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert np.isfinite(history[0]["train_loss"]) and history[0]["train_loss"] > 0
+
+
+def test_snapshots_merge_the_best_dev_epochs(workspace: dict[str, Path]) -> None:
+    out = workspace["root"] / "snapshots"
+    code = train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(out), "--set", f"cache_dir={workspace['cache']}",
+                       "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY, "--set", "epochs=5",
+                       "--set", "patience=5", "--set", "snapshots=3"])
+    assert code == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    best3 = sorted(history, key=lambda e: (-e["dev_ua"], e["epoch"]))[:3]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == sorted(f"epoch-{e['epoch']:03d}" for e in best3)
+    meta, tensors = load_checkpoint(out / "model")
+    assert [m["epoch"] for m in meta.training["ensemble"]] == [e["epoch"] for e in best3]
+    assert tensors["head.fc1.weight"].shape[0] == 3 * 256
+    members = [load_checkpoint(out / "snapshots" / f"epoch-{e['epoch']:03d}") for e in best3]
+    assert [m.metrics["dev_4class"]["ua"] for m, _ in members] == pytest.approx([e["dev_ua"] for e in best3])
+
+
 def test_ddp_two_gloo_processes(workspace: dict[str, Path]) -> None:
     out = workspace["root"] / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -51,6 +51,19 @@ class BalanceSettings(BaseModel):
                                    "from logits at inference).")
 
 
+class RegularizeSettings(BaseModel):
+    """Batch-level regularizers on the frozen layers' output (trainer/regularize.py); both off by default."""
+
+    model_config = ConfigDict(extra="forbid")
+    crop_p: float = Field(0.0, ge=0, le=1, description="Share of training clips cut to one random span of "
+                          "their frames each step (0: whole clips).")
+    crop_min_s: float = Field(1.0, gt=0, description="Shortest span a crop keeps, in seconds.")
+    mixup_p: float = Field(0.0, ge=0, le=1, description="Share of training clips mixed with another clip of "
+                           "the batch each step (inputs, targets, loss weights and domain targets alike).")
+    mixup_alpha: float = Field(0.4, gt=0, description="Beta(alpha, alpha) draws the mix; the clip's own share "
+                               "is max(l, 1 - l).")
+
+
 class TrainConfig(BaseModel):
     """Everything one training run needs besides the manifest and the output folder."""
 
@@ -74,6 +87,8 @@ class TrainConfig(BaseModel):
                                   "the model, so evaluation and the agent cut the same way. null: inputs whole.")
     views: int = Field(3, ge=1, le=16, description="Cached versions per clip: view 0 clean, others augmented.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentations.")
+    regularize: RegularizeSettings = Field(default_factory=RegularizeSettings, description="Random crops and "
+                                           "mixup of training batches.")
     cache: bool = Field(True, description="Train from cached frozen-layer outputs (false: on the fly).")
     cache_dir: str = Field("cache", description="Where the frozen-layer cache lives.")
     cache_seed: int = Field(0, description="Seed of the augmented views in the cache.")
@@ -83,6 +98,11 @@ class TrainConfig(BaseModel):
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each corpus's speakers held out for dev.")
     dev_min_speakers: int = Field(4, ge=2, description="Corpora with fewer speakers get no dev speakers.")
     epochs: int = Field(30, ge=1, description="Most epochs.")
+    snapshots: int = Field(1, ge=1, le=16, description="The run's model is the merge (trainer.ensemble: frame "
+                           "logits = their mean) of this many epochs' models, those with the best dev UA; "
+                           "1: the best epoch alone. Needs a frame head and no fine-tuned encoder layers.")
+    keep_epochs: bool = Field(False, description="Keep every epoch's model in the run's snapshots/ folder "
+                              "(for analysis, benchmarks/snapshot_variants.py), not only the merged ones.")
     patience: int = Field(8, ge=1, description="Stop after this many epochs without a better dev UA.")
     batch_size: int = Field(32, ge=1, description="Clips per batch (per process under DDP).")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of norm and heads.")
@@ -104,6 +124,10 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.trainable_layers > self.encoder_layers:
             raise ValueError(f"trainable_layers {self.trainable_layers} > encoder_layers {self.encoder_layers}")
+        if self.snapshots > 1 and (self.head.type != "frame" or self.trainable_layers):
+            raise ValueError(f"snapshots {self.snapshots} needs head.type 'frame' and trainable_layers 0 (got "
+                             f"{self.head.type!r}, {self.trainable_layers}): only frame heads over one frozen "
+                             "encoder merge")
         return self
 
     @property

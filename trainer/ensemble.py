@@ -100,6 +100,32 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
     return meta, tensors
 
 
+def average_weights(members: Sequence[Member], model_id: str, names: Sequence[str] | None = None) -> Member:
+    """One checkpoint whose every tensor is the mean of the members' (a weight average, "model soup"): the
+    runtime cost of one member, but exact only for members near each other in weight space, e.g. epochs of
+    one run; members of different seeds should be merged with :func:`merge_heads` instead."""
+    names = list(names) if names is not None else [meta.model_id for meta, _ in members]
+    _check_members(members, names)
+    first_meta, first = members[0]
+    for (_, tensors), name in zip(members, names, strict=True):
+        shapes = {k: v.shape for k, v in tensors.items()}
+        if shapes != {k: v.shape for k, v in first.items()}:
+            raise CheckpointError(f"{name}: tensors {shapes} differ from {names[0]}'s; weights average only "
+                                  "between models of the same shape")
+    averaged = {key: np.mean([t[key].astype(np.float64) for _, t in members], axis=0).astype(np.float32)
+                for key in first}
+    member_info = [{"model_id": m.model_id, "epoch": m.training.get("epoch"), "dev_ua": _dev_ua(m), "source": name}
+                   for (m, _), name in zip(members, names, strict=True)]
+    meta = ModelMeta(
+        model_id=model_id, labels=list(first_meta.labels), encoder_layers=first_meta.encoder_layers,
+        head=dict(first_meta.head), features=dict(first_meta.features), base=dict(first_meta.base),
+        class_log_prior=first_meta.class_log_prior, window=dict(first_meta.window),
+        training={**first_meta.training, "weight_average": member_info},
+        metrics={"dev_4class_members": [_dev_ua(m) for m, _ in members]},
+    )
+    return meta, averaged
+
+
 def merge_folders(folders: Sequence[Path], out: Path, model_id: str) -> Path:
     """Load the member checkpoint folders, merge them, save into ``out``."""
     members = [load_checkpoint(folder) for folder in folders]

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,22 +32,27 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from edge_ser.checkpoint import ModelMeta, save_checkpoint
+from edge_ser.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from edge_ser.model import EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
+from edge_ser.types import SAMPLE_RATE
 from edge_ser.whisper_base import resolve_base
+from edge_ser.windows import WINDOW_QUANTUM
 from trainer.augment import Augmenter
 from trainer.batches import AudioDataset, cached_batch, collate_mels, epoch_batches
 from trainer.cache import CacheSet, babble_pool, ensure_cache, valid_mask
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.data import Clip, Manifest, ManifestError, Problem, load_manifest, select, speaker_split
+from trainer.ensemble import merge_heads
 from trainer.evaluate import predict_cached, predict_clips, report, write_report
 from trainer.labels import LabelError, LabelMap
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
+from trainer.regularize import mixup, random_crop
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
 log = logging.getLogger(__name__)
+SNAPSHOT_DIR = "snapshots"
 
 
 @dataclass
@@ -215,10 +222,12 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     best = {"ua": -1.0, "epoch": -1}
     bad_epochs = 0
     start_epoch = 0
+    snapshots: list[dict[str, Any]] = []  # the kept epochs, best dev UA first (config.snapshots > 1)
     state_dir = out / "state"
     if resume and (state_dir / "state.json").is_file():
         info = load_state(state_dir, module, optimizer, average)
         history, best, bad_epochs = info["history"], info["best"], info["bad_epochs"]
+        snapshots = info.get("snapshots", [])
         start_epoch = info["epoch"] + 1
         log.info("resuming %s at epoch %d (best dev UA %.4f at epoch %d)", out, start_epoch, best["ua"],
                  best["epoch"])
@@ -241,9 +250,12 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     weights_t = torch.from_numpy(weights).to(device)
     domains_t = torch.from_numpy(domains).to(device)
 
+    reg = config.regularize
+    crop_frames = max(1, round(reg.crop_min_s * SAMPLE_RATE / WINDOW_QUANTUM))
     for epoch in range(start_epoch, config.epochs):
         started = time.monotonic()
         rng = np.random.default_rng([config.seed, epoch])
+        reg_rng = np.random.default_rng([config.seed, epoch, 2])
         torch.manual_seed(config.seed * 1000 + epoch)
         scale = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -276,14 +288,22 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             positions = positions.to(device)
             x, frames = x.to(device, non_blocking=True), frames.to(device)
             valid = valid_mask(frames, x.shape[-1] // 2 if from_mel else x.shape[1])
+            valid = random_crop(valid, reg_rng, reg.crop_p, crop_frames)
+            mixed = mixup(x, valid, reg_rng, reg.mixup_p, reg.mixup_alpha)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                clip_logits, domain_logits = wrapped(x, valid, from_mel)
-            w = weights_t[positions]
-            per_clip = _soft_ce(clip_logits, targets_t[positions])
+                clip_logits, domain_logits = wrapped(mixed.x, mixed.valid, from_mel)
+            own, other = positions, positions[mixed.partner]
+            share = mixed.share[:, None]
+            w = mixed.share * weights_t[own] + (1 - mixed.share) * weights_t[other]
+            per_clip = _soft_ce(clip_logits, share * targets_t[own] + (1 - share) * targets_t[other])
             loss = (w * per_clip).sum() / w.sum()
             total = loss
             if domain_logits is not None:
-                domain_loss = F.cross_entropy(domain_logits.float(), domains_t[positions])
+                domain_ce = F.cross_entropy(domain_logits.float(), domains_t[own], reduction="none")
+                if reg.mixup_p > 0:
+                    domain_ce = mixed.share * domain_ce + (1 - mixed.share) * F.cross_entropy(
+                        domain_logits.float(), domains_t[other], reduction="none")
+                domain_loss = domain_ce.mean()
                 total = total + domain_loss
                 sums["domain_loss"] += float(domain_loss.detach()) * len(positions)
                 sums["domain_correct"] += float((domain_logits.argmax(-1) == domains_t[positions]).sum())
@@ -303,8 +323,14 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         with average.applied(module) if average is not None else contextlib.nullcontext():
             dev = _evaluate_dev(model, config, data, dev_idx, dev_targets, dev_clips, device)
             if (dev is None or dev["ua"] > best["ua"]) and rank == 0:
-                _save_model(out, model, config, data, train_idx, dev_idx,
+                _save_model(out / "model", model, config, data, train_idx, dev_idx,
                             _best_entry(dev, epoch), epoch)
+            if (config.snapshots > 1 or config.keep_epochs) and dev is not None and rank == 0:
+                snapshots = _keep_snapshot(out / SNAPSHOT_DIR, snapshots, config.snapshots, dev["ua"], epoch,
+                                           config.keep_epochs,
+                                           functools.partial(_save_model, model=model, config=config, data=data,
+                                                             train_idx=train_idx, dev_idx=dev_idx,
+                                                             best=_best_entry(dev, epoch), epoch=epoch))
         entry = {
             "epoch": epoch, "lr": base_lrs[0] * scale, "reversal_weight": module.reversal_weight,
             "train_loss": sums["loss"] / max(sums["weight"], 1e-9),
@@ -330,12 +356,15 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         if rank == 0:
             write_metrics(out, history, best)
             save_state(state_dir, module, optimizer, {"epoch": epoch, "best": best, "bad_epochs": bad_epochs,
+                                                      "snapshots": snapshots,
                                                       "history": history}, average)
         if bad_epochs >= config.patience:
             log.info("early stop after epoch %d: no better dev UA for %d epochs", epoch, bad_epochs)
             break
     if rank == 0:
         plot_training(history, out)
+        if len(snapshots) > 1:
+            _merge_snapshots(out, snapshots, config)
     return FitResult(model_dir=out / "model", best_epoch=int(best["epoch"]), dev=best, history=history)
 
 
@@ -360,7 +389,34 @@ def _evaluate_dev(model: EmotionModel, config: TrainConfig, data: RunData, dev_i
     return _dev_metrics(logits, dev_targets, dev_clips, data.labels.classes)
 
 
-def _save_model(out: Path, model: EmotionModel, config: TrainConfig, data: RunData, train_idx: np.ndarray,
+def _snapshot_name(epoch: int) -> str:
+    return f"epoch-{epoch:03d}"
+
+
+def _keep_snapshot(folder: Path, kept: list[dict[str, Any]], k: int, ua: float, epoch: int, keep_all: bool,
+                   save: Callable[[Path], None]) -> list[dict[str, Any]]:
+    """Save this epoch's model under ``folder`` if its dev UA ranks among the best ``k`` so far (an earlier
+    epoch wins a tie) or ``keep_all``; delete the one it pushes out unless ``keep_all``. Returns the best
+    ``k``, best first."""
+    ranked = sorted([*kept, {"epoch": epoch, "ua": ua}], key=lambda e: (-e["ua"], e["epoch"]))
+    if keep_all or {"epoch": epoch, "ua": ua} in ranked[:k]:
+        save(folder / _snapshot_name(epoch))
+    for dropped in ranked[k:] if not keep_all else []:
+        shutil.rmtree(folder / _snapshot_name(dropped["epoch"]), ignore_errors=True)
+    return ranked[:k]
+
+
+def _merge_snapshots(out: Path, kept: Sequence[dict[str, Any]], config: TrainConfig) -> None:
+    """Replace ``out/model`` (the best epoch) by the merge of the kept epochs' models (trainer.ensemble)."""
+    folders = [out / SNAPSHOT_DIR / _snapshot_name(e["epoch"]) for e in kept]
+    members = [load_checkpoint(folder) for folder in folders]
+    model_id = config.model_id or members[0][0].model_id
+    meta, tensors = merge_heads(members, model_id, [str(f.relative_to(out)) for f in folders])
+    save_checkpoint(out / "model", meta, tensors)
+    log.info("model: the %d best epochs (%s) merged", len(kept), ", ".join(str(e["epoch"]) for e in kept))
+
+
+def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: RunData, train_idx: np.ndarray,
                 dev_idx: np.ndarray, best: dict[str, Any], epoch: int) -> None:
     clips = data.manifest.clips
     finetuned = list(range(config.frozen_layers, config.encoder_layers))
@@ -383,7 +439,7 @@ def _save_model(out: Path, model: EmotionModel, config: TrainConfig, data: RunDa
                   "label_map": data.labels.config.model_dump(mode="json")},
         metrics={"dev_4class": {k: best[k] for k in ("ua", "macro_f1", "wa")}},
     )
-    save_checkpoint(out / "model", meta, checkpoint_tensors(model, finetuned))
+    save_checkpoint(folder, meta, checkpoint_tensors(model, finetuned))
 
 
 def run(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path, resume: bool = False) -> FitResult:

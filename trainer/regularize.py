@@ -1,0 +1,65 @@
+"""Batch-level regularizers applied in training after the frozen layers: random crops of a clip's frames and
+mixup of two clips. Both draw from their own numpy generator, so turning them on leaves the batch order,
+the view choice and dropout of a run unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class MixedBatch:
+    """A batch after mixup: inputs, the valid-frame mask, and for each row the partner row and its share."""
+
+    x: torch.Tensor
+    valid: torch.Tensor
+    partner: torch.Tensor  # (B,) long: the row mixed into each row (itself when not mixed)
+    share: torch.Tensor  # (B,) float: the row's own share lambda in [0.5, 1]; 1 when not mixed
+
+
+def random_crop(valid: torch.Tensor, rng: np.random.Generator, p: float, min_frames: int) -> torch.Tensor:
+    """Keep one random contiguous span of each row's valid frames with probability ``p``.
+
+    ``valid`` is (B, T) bool with each row's valid frames first (a prefix). A cropped row keeps a span whose
+    length is uniform in [min(min_frames, n), n] for its n valid frames, at a uniform start; rows not drawn,
+    and rows with at most ``min_frames`` valid frames, are returned unchanged."""
+    if p <= 0:
+        return valid
+    counts = valid.sum(dim=1).cpu().numpy()
+    out = valid.clone()
+    positions = torch.arange(valid.shape[1], device=valid.device)
+    for row, n in enumerate(counts):
+        if n <= min_frames or rng.random() >= p:
+            continue
+        length = int(rng.integers(min_frames, n + 1))
+        start = int(rng.integers(0, n - length + 1))
+        out[row] = (positions >= start) & (positions < start + length)
+    return out
+
+
+def mixup(x: torch.Tensor, valid: torch.Tensor, rng: np.random.Generator, p: float, alpha: float) -> MixedBatch:
+    """Mix each drawn row (probability ``p``) with another row of the batch: x = s x_i + (1 - s) x_j with
+    s = max(l, 1 - l), l ~ Beta(alpha, alpha), over the frames both rows carry (the shorter one's length).
+
+    ``x`` is (B, T, D) frame states or (B, n_mels, T) log-mels; ``valid`` is (B, T') with T' = T for
+    states and T / 2 for log-mels (the encoder's stride), and is cut to the frames valid in both rows."""
+    batch = x.shape[0]
+    partner = np.arange(batch)
+    share = np.ones(batch, dtype=np.float32)
+    if p > 0 and alpha > 0 and batch > 1:
+        drawn = rng.random(batch) < p
+        others = rng.integers(0, batch - 1, size=batch)
+        others = others + (others >= np.arange(batch))  # any row but itself
+        lam = rng.beta(alpha, alpha, size=batch).astype(np.float32)
+        partner = np.where(drawn, others, partner)
+        share = np.where(drawn, np.maximum(lam, 1 - lam), share).astype(np.float32)
+    partner_t = torch.from_numpy(partner).to(x.device)
+    share_t = torch.from_numpy(share).to(x.device)
+    if bool((share == 1).all()):
+        return MixedBatch(x, valid, partner_t, share_t)
+    shape = (batch,) + (1,) * (x.dim() - 1)
+    mixed = share_t.view(shape).to(x.dtype) * x + (1 - share_t.view(shape)).to(x.dtype) * x[partner_t]
+    return MixedBatch(mixed, valid & valid[partner_t], partner_t, share_t)
