@@ -34,9 +34,9 @@ import yaml
 from tqdm import tqdm
 
 from edge_ser.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import load_config
+from trainer.config import TrainConfig, load_config
 from trainer.ensemble import Member, average_weights, merge_heads
-from trainer.evaluate import build_model_from_checkpoint, predict_cached, report
+from trainer.loco import rescore_fold
 from trainer.train import RunData, prepare
 
 FIRST_AVERAGED_EPOCH = 3
@@ -54,26 +54,21 @@ VARIANTS: list[tuple[str, str, int | None, Combine | None]] = [
 ]
 
 
-def _epochs(fold: Path) -> list[tuple[int, float, Path]]:
-    """(epoch, dev UA, folder) of every kept epoch, best dev UA first (an earlier epoch wins a tie)."""
+def _epochs(fold: Path) -> list[tuple[int, float, Member]]:
+    """(epoch, dev UA, model) of every kept epoch, best dev UA first (an earlier epoch wins a tie)."""
     found = []
     for folder in sorted((fold / "snapshots").glob("epoch-*")):
-        meta, _ = load_checkpoint(folder)
-        found.append((int(meta.training["epoch"]), float(meta.metrics["dev_4class"]["ua"]), folder))
+        member = load_checkpoint(folder)
+        found.append((int(member[0].training["epoch"]), float(member[0].metrics["dev_4class"]["ua"]), member))
     if not found:
         raise SystemExit(f"{fold}: no snapshots/epoch-* folders: train the LOCO run with --set keep_epochs=true")
     return sorted(found, key=lambda e: (-e[1], e[0]))
 
 
-def _score(member: Member, data: RunData, corpus: str, frozen_layers: int, scratch: Path) -> float:
-    save_checkpoint(scratch, *member)
-    model, meta = build_model_from_checkpoint(scratch)
-    test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
-    assert data.cache is not None
-    logits = predict_cached(model, data.cache.views[0], test_idx, frozen_layers)
-    clips = [data.manifest.clips[i] for i in test_idx]
-    rep = report(logits, clips, meta.labels, "4class", False, "variant", str(data.manifest.path))
-    return float(rep["corpora"][corpus]["ua"])
+def _score(member: Member, config: TrainConfig, data: RunData, corpus: str, scratch: Path) -> float:
+    """The held-out corpus's 4-class UA, scored as ``trainer.loco --rescore`` scores a fold."""
+    save_checkpoint(scratch / "model", *member)
+    return float(rescore_fold(config, data, corpus, scratch, frame_mean=False)["4class"]["ua"])
 
 
 Table = dict[str, dict[str, float]]  # {variant: {corpus: 4-class UA}}
@@ -83,7 +78,7 @@ def _variants(fold: Path) -> dict[str, Member | None]:
     """Each variant's model for one fold of one run (None where the run did not keep the epochs it needs)."""
     epochs = _epochs(fold)
     every = yaml.safe_load((fold / "config.yaml").read_text()).get("keep_epochs", False)
-    loaded = {e: load_checkpoint(folder) for e, _, folder in epochs}
+    loaded = {e: member for e, _, member in epochs}
     out: dict[str, Member | None] = {}
     for name, selection, k, combine in VARIANTS:
         if not every and (selection == "all" or (k or 0) > len(epochs)):
@@ -96,24 +91,24 @@ def _variants(fold: Path) -> dict[str, Member | None]:
     return out
 
 
-def score_runs(runs: Sequence[Path], data: RunData, frozen_layers: int) -> tuple[dict[str, Table], Table]:
+def score_runs(runs: Sequence[Path], config: TrainConfig, data: RunData) -> tuple[dict[str, Table], Table]:
     """Per run, and for the runs merged fold by fold (each variant's models of every run, frame logits
     averaged: ``trainer.ensemble`` over seeds), the 4-class UA of every variant on every held-out corpus."""
     per_run: dict[str, Table] = {str(run): {name: {} for name, *_ in VARIANTS} for run in runs}
     merged: Table = {name: {} for name, *_ in VARIANTS}
     corpora = sorted(f.name.removeprefix("fold-") for f in runs[0].glob("fold-*"))
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp) / "model"
+        scratch = Path(tmp)
         for corpus in tqdm(corpora, desc="folds", unit="fold"):
             variants = {str(run): _variants(run / f"fold-{corpus}") for run in runs}
             for name, *_ in VARIANTS:
                 for run in runs:
                     member = variants[str(run)][name]
                     per_run[str(run)][name][corpus] = float("nan") if member is None else \
-                        _score(member, data, corpus, frozen_layers, scratch)
+                        _score(member, config, data, corpus, scratch)
                 members = [variants[str(run)][name] for run in runs]
                 if len(runs) > 1 and all(m is not None for m in members):
-                    merged[name][corpus] = _score(merge_heads(members, name), data, corpus, frozen_layers, scratch)
+                    merged[name][corpus] = _score(merge_heads(members, name), config, data, corpus, scratch)
                 else:
                     merged[name][corpus] = float("nan")
     return per_run, merged
@@ -141,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     config = load_config(args.config, args.overrides)
     data = prepare(config, args.manifest)
-    tables, merged = score_runs(args.runs, data, config.frozen_layers)
+    tables, merged = score_runs(args.runs, config, data)
     for run, table in tables.items():
         print(_markdown(table, run))
     if len(tables) > 1:
