@@ -42,9 +42,15 @@ def check_model(path: Path) -> None:
             "$EDGE_SER_MODEL to a checkpoint folder."
         )
     try:
-        read_meta(path)
+        meta = read_meta(path)
     except CheckpointError as exc:
         raise ModelMissingError(str(exc)) from exc
+    if meta.speaker_norm is not None:
+        raise ModelMissingError(
+            f"{path}: model {meta.model_id} reads speaker-centred features (trained with normalize: speaker), "
+            "which need each speaker's mean; the agent does not centre its streams, so it would score them "
+            "skewed. Use a model trained with normalize: none (the default)."
+        )
 
 
 def prepare_process(memory_config: MemoryConfig | None = None) -> None:

@@ -44,6 +44,9 @@ class ModelMeta:
     base: dict[str, Any] = field(default_factory=lambda: {"name": "whisper-base"})
     class_log_prior: list[float] | None = None
     window: dict[str, float] = field(default_factory=lambda: {"window_s": 2.0, "hop_s": 1.0})
+    speaker_norm: dict[str, Any] | None = None
+    """Set when the head reads speaker-centred features (trainer/speaker_norm.py): ``reference``, the training
+    mean in the final LayerNorm's unscaled space. Such a model needs each speaker's mean at inference."""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
@@ -144,6 +147,11 @@ def _check_meta(path: Path, meta: ModelMeta) -> None:
         raise CheckpointError(f"{path}: 'finetuned_layers' {bad!r:.60} outside 0..{meta.encoder_layers - 1}")
     if meta.head.get("type") not in ("frame", "attentive"):
         raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r:.60}")
+    norm = meta.speaker_norm
+    if norm is not None and not (isinstance(norm, dict) and isinstance(norm.get("reference"), list)
+                                 and all(_is_number(v) for v in norm["reference"])):
+        raise CheckpointError(f"{path}: 'speaker_norm' must be null or an object with a 'reference' list of "
+                              f"numbers, got {norm!r:.80}")
     if meta.class_log_prior is not None and len(meta.class_log_prior) != len(meta.labels):
         raise CheckpointError(
             f"{path}: class_log_prior has {len(meta.class_log_prior)} values for {len(meta.labels)} labels"
@@ -170,6 +178,9 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
         if tuple(tensors[name].shape) != shape or -1 in shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}; expected {shape} "
                                   f"({n_classes} labels, hidden {hidden}, d_model {d_model})")
+    if meta.speaker_norm is not None and len(meta.speaker_norm["reference"]) != d_model:
+        raise CheckpointError(f"{path}: speaker_norm.reference has {len(meta.speaker_norm['reference'])} values; "
+                              f"expected d_model {d_model}")
     for name, value in tensors.items():
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")

@@ -177,10 +177,13 @@ class EmotionModel(nn.Module):
         self.register_buffer("log_prior", torch.zeros(head.config.n_classes), persistent=False)
 
     def features(self, mel: torch.Tensor, start_layer: int = 0, hidden: torch.Tensor | None = None,
-                 key_padding: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised encoder output; from ``mel``, or from cached ``hidden`` states entering ``start_layer``."""
+                 key_padding: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised encoder output; from ``mel``, or from cached ``hidden`` states entering ``start_layer``.
+        ``offset`` (B, D), in the final LayerNorm's unscaled space, is subtracted after it (per-speaker
+        centring, trainer/speaker_norm.py)."""
         x = self.encoder.embed(mel) if hidden is None else hidden
-        return self.norm(self.encoder.run_layers(x, start_layer, key_padding=key_padding))
+        feats = self.norm(self.encoder.run_layers(x, start_layer, key_padding=key_padding))
+        return feats if offset is None else feats - self.norm.weight * offset[:, None, :]
 
     def forward(self, mel: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(mel)

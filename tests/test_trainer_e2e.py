@@ -265,3 +265,34 @@ def test_loco_writes_folds_and_summary(workspace: dict[str, Path]) -> None:
     assert merged["mean"]["4class"]["ua"] == pytest.approx(summary["mean"]["4class"]["ua"], abs=1e-6)
     assert [row["best_epoch"] for row in merged["folds"]] == [f"{r['best_epoch']}+{r['best_epoch']}"
                                                               for r in summary["folds"]]
+    # test-time centring: a stream shrunk all the way to the reference scores as uncentred; its clips are
+    # binned by the speaker audio heard before them
+    assert loco_main([*args, "--rescore", "--centre", "stream", "--prior-s", "1e12"]) == 0
+    far = json.loads((out / "summary.centre-stream.json").read_text())
+    assert far["mean"]["4class"]["ua"] == pytest.approx(summary["mean"]["4class"]["ua"], abs=1e-6)
+    for row in far["folds"]:
+        assert sum(b["n"] for b in row["adaptation"]) == row["4class"]["n"]
+        assert row["adaptation"][0]["n"] > 0  # every speaker's first clip has no history
+    assert "by the speaker's audio heard before the clip" in (out / "summary.centre-stream.md").read_text()
+    assert loco_main([*args, "--rescore", "--centre", "speaker"]) == 0
+    assert 0.0 <= json.loads((out / "summary.centre-speaker.json").read_text())["mean"]["4class"]["ua"] <= 1.0
+    assert loco_main([*args, "--centre", "speaker"]) == 2  # centring at test time only goes with --rescore
+
+
+def test_speaker_centred_training_stores_its_reference_and_the_agent_refuses_it(workspace: dict[str, Path]) -> None:
+    from edge_ser.agent import ModelMissingError, check_model
+
+    out = workspace["root"] / "centred"
+    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(out), "--set", f"cache_dir={workspace['cache']}",
+                       "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY, "--set", "normalize=speaker"]) == 0
+    meta, _ = load_checkpoint(out / "model")
+    assert meta.speaker_norm is not None
+    reference = np.asarray(meta.speaker_norm["reference"])
+    # a mean of LayerNorm-standardised frames: 512 channels whose mean is 0 and mean square at most 1
+    assert reference.shape == (512,) and abs(reference.mean()) < 1e-4 and 0 < (reference**2).mean() <= 1
+    with pytest.raises(ModelMissingError, match="trained with normalize: speaker"):
+        check_model(out / "model")
+    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest",  # no cache, no means
+                       str(workspace["manifest"]), "--out", str(out / "x"), "--no-cache", "--set", "normalize=speaker",
+                       *TINY]) == 2

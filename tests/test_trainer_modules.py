@@ -38,3 +38,20 @@ def test_domain_head_pushes_shared_features_against_the_domain_loss() -> None:
     reversed_ = fc1_grad(0.5)
     assert torch.allclose(reversed_, -0.5 * plain, atol=1e-6)
     assert fc1_grad(0.0).abs().max() == 0  # weight 0: the domain loss does not reach the shared layers
+
+
+def test_speaker_offset_moves_the_standardised_features_before_the_layer_norm_affine() -> None:
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(512)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    model = EmotionModel(WhisperEncoder(0), norm, EmotionHead(HeadConfig(hidden=16, dropout=0.0)))
+    x = torch.randn(2, 10, 512) * 3
+    offset = torch.randn(2, 512)
+    standardised = torch.nn.functional.layer_norm(x, (512,))
+    expected = (standardised - offset[:, None, :]) * norm.weight + norm.bias
+    centred = model.features(x, start_layer=0, hidden=x, offset=offset)
+    assert torch.allclose(centred, expected, atol=1e-5)
+    assert torch.allclose(model.features(x, start_layer=0, hidden=x, offset=torch.zeros(2, 512)),
+                          model.features(x, start_layer=0, hidden=x), atol=1e-6)

@@ -85,6 +85,10 @@ class TrainConfig(BaseModel):
     trim_db: float | None = Field(None, gt=0, le=120, description="Cut each input's leading and trailing 20 ms "
                                   "frames more than this many dB below its loudest (edge_ser.features); stored in "
                                   "the model, so evaluation and the agent cut the same way. null: inputs whole.")
+    normalize: Literal["none", "speaker"] = Field(
+        "none", description="speaker: the head reads the encoder features centred on each speaker's mean over "
+        "all that speaker's clips (labels unused; trainer/speaker_norm.py), in training and evaluation. Its "
+        "scores are speaker-adaptive, not zero-shot; the agent refuses such a model (needs cache: true).")
     views: int = Field(3, ge=1, le=16, description="Cached versions per clip: view 0 clean, others augmented.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentations.")
     regularize: RegularizeSettings = Field(default_factory=RegularizeSettings, description="Random crops and "
@@ -128,6 +132,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"snapshots {self.snapshots} needs head.type 'frame' and trainable_layers 0 (got "
                              f"{self.head.type!r}, {self.trainable_layers}): only frame heads over one frozen "
                              "encoder merge")
+        if self.normalize == "speaker" and (not self.cache or self.trainable_layers or self.regularize.mixup_p):
+            raise ValueError(f"normalize 'speaker' needs cache true, trainable_layers 0 and regularize.mixup_p 0 "
+                             f"(got {self.cache}, {self.trainable_layers}, {self.regularize.mixup_p}): speaker "
+                             "means come from the frozen layers' cached output")
         return self
 
     @property

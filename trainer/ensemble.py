@@ -34,7 +34,7 @@ from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, sav
 log = logging.getLogger(__name__)
 
 Member = tuple[ModelMeta, dict[str, np.ndarray]]
-_SHARED_FIELDS = ("labels", "encoder_layers", "features", "base", "class_log_prior")
+_SHARED_FIELDS = ("labels", "encoder_layers", "features", "base", "class_log_prior", "speaker_norm")
 
 
 def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
@@ -94,7 +94,7 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
         model_id=model_id, labels=list(first.labels), encoder_layers=first.encoder_layers,
         head={**first.head, "hidden": int(tensors["head.fc1.weight"].shape[0])}, features=dict(first.features),
         base=dict(first.base), class_log_prior=first.class_log_prior, window=dict(first.window),
-        training={**first.training, "ensemble": member_info},
+        speaker_norm=first.speaker_norm, training={**first.training, "ensemble": member_info},
         metrics={"dev_4class_members": dev},
     )
     return meta, tensors
@@ -120,7 +120,7 @@ def average_weights(members: Sequence[Member], model_id: str, names: Sequence[st
         model_id=model_id, labels=list(first_meta.labels), encoder_layers=first_meta.encoder_layers,
         head=dict(first_meta.head), features=dict(first_meta.features), base=dict(first_meta.base),
         class_log_prior=first_meta.class_log_prior, window=dict(first_meta.window),
-        training={**first_meta.training, "weight_average": member_info},
+        speaker_norm=first_meta.speaker_norm, training={**first_meta.training, "weight_average": member_info},
         metrics={"dev_4class_members": [_dev_ua(m) for m, _ in members]},
     )
     return meta, averaged

@@ -64,10 +64,11 @@ def _length_batches(lengths: Sequence[int], batch_frames: int) -> list[list[int]
 
 @torch.no_grad()
 def predict_cached(model: EmotionModel, view: CachedView, indices: Sequence[int], start_layer: int,
-                   batch_frames: int = 8192, device: str | torch.device = "cpu", frame_mean: bool = False
-                   ) -> np.ndarray:
+                   batch_frames: int = 8192, device: str | torch.device = "cpu", frame_mean: bool = False,
+                   offsets: np.ndarray | None = None) -> np.ndarray:
     """Clip logits (N, C), prior-corrected, for cached states entering ``start_layer``. ``frame_mean`` pools
-    with the plain mean of frame logits (what per-second scores average) instead of the head's weights."""
+    with the plain mean of frame logits (what per-second scores average) instead of the head's weights;
+    ``offsets`` (N, D): per-speaker centring of each clip (trainer/speaker_norm.py)."""
     model.eval()
     lengths = [int(view.length[i]) for i in indices]
     out = np.zeros((len(indices), model.head.config.n_classes), dtype=np.float32)
@@ -79,7 +80,8 @@ def predict_cached(model: EmotionModel, view: CachedView, indices: Sequence[int]
         frames = torch.tensor([lengths[b] for b in batch], device=device)
         valid = valid_mask(frames, longest)
         x = torch.from_numpy(states).to(device)
-        feats = model.features(x, start_layer=start_layer, hidden=x, key_padding=~valid)
+        offset = None if offsets is None else torch.from_numpy(offsets[batch]).to(device)
+        feats = model.features(x, start_layer=start_layer, hidden=x, key_padding=~valid, offset=offset)
         frame_logits, clip_logits = model.head(feats, valid)
         if frame_mean:
             mask = valid.unsqueeze(-1).to(frame_logits.dtype)

@@ -16,22 +16,27 @@ import json
 import logging
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from edge_ser.checkpoint import ModelMeta
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.data import ManifestError, speaker_split
+from trainer.data import Clip, ManifestError, speaker_split
 from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips, report, write_report
 from trainer.labels import LabelError
+from trainer.metrics import score
 from trainer.plots import safe_name
+from trainer.speaker_norm import stream_offsets
 from trainer.train import RunData, fit, prepare, training_indices
 
 log = logging.getLogger(__name__)
 
 SUMMARY_PROTOCOLS = ("4class", "5class")
+HISTORY_BINS = ((0.0, 1e-9), (1e-9, 15.0), (15.0, 60.0), (60.0, np.inf))  # seconds of the speaker heard before
 
 
 def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict[str, Any]:
@@ -45,7 +50,8 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
     model, meta = build_model_from_checkpoint(result.model_dir, config.base_dir)
     if data.cache is not None:
-        logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers)
+        offsets, _ = test_offsets(data, meta, test_idx, corpus, Centring())
+        logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, offsets=offsets)
     else:
         logits, _ = predict_clips(model, [data.manifest.clips[i] for i in test_idx], config.max_clip_s,
                                   params=config.feature_params)
@@ -64,14 +70,70 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
     return row
 
 
-def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, frame_mean: bool) -> dict[str, Any]:
+CENTRE_MODES = ("none", "speaker", "stream", "stream-grouped")
+
+
+@dataclass(frozen=True)
+class Centring:
+    """How held-out speakers are centred at test time (trainer/speaker_norm.py). ``mode``: ``none`` (the
+    zero-shot figure; a model trained centred gets ``speaker``), ``speaker`` (each speaker's mean over all
+    their clips), ``stream`` / ``stream-grouped`` (causal, from the speaker's earlier clips only, shrunk toward
+    the reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
+
+    mode: str = "none"
+    prior_s: float = 10.0
+    seed: int = 0
+
+
+def test_offsets(data: RunData, meta: ModelMeta, test_idx: list[int], corpus: str, centring: Centring
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Offsets (N, D) of the held-out clips and, for the stream modes, each clip's speaker history in seconds.
+    The reference is the model's own training mean when it was trained centred, else the mean over the other
+    corpora's clips."""
+    mode = "speaker" if centring.mode == "none" and meta.speaker_norm is not None else centring.mode
+    if mode == "none":
+        return None, None
+    if meta.speaker_norm is not None:
+        reference = np.asarray(meta.speaker_norm["reference"], dtype=np.float32)
+    else:
+        train = [i for i in data.usable if data.manifest.clips[i].corpus != corpus]
+        reference = data.speaker_means()[train].mean(axis=0)
+    if mode == "speaker":
+        return data.centring(test_idx, reference), None
+    rows = np.asarray(test_idx, dtype=np.int64)
+    if data.cache is None:
+        raise ValueError("stream centring needs the cache (cache: true)")
+    order = "grouped" if mode == "stream-grouped" else "shuffled"
+    return stream_offsets(data.manifest.clips, test_idx, data.speaker_means()[rows], data.cache.views[0].length[rows],
+                          reference, centring.prior_s, centring.seed, order)
+
+
+def adaptation(logits: np.ndarray, clips: list[Clip], classes: list[str], history: np.ndarray
+               ) -> list[dict[str, Any]]:
+    """4-class UA of the held-out clips by how much of their speaker the stream had heard before them."""
+    out = []
+    for low, high in HISTORY_BINS:
+        keep = (history >= low) & (history < high)
+        kept = [c for c, k in zip(clips, keep, strict=True) if k]
+        scored = score(logits[keep], [c.emotion for c in kept], [c.corpus for c in kept], classes, "4class", False)
+        entry = next(iter(scored.values()), None)
+        out.append({"history_s": [low, None if high == np.inf else high], "n": entry["n"] if entry else 0,
+                    "ua": entry["ua"] if entry else None})
+    return out
+
+
+def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, frame_mean: bool,
+                 centring: Centring = Centring()) -> dict[str, Any]:
     """Score an existing fold's checkpoint on its held-out corpus again (no training; also a merged ensemble's
-    folds, ``trainer.ensemble``, whose dev UA is the mean of its members')."""
+    folds, ``trainer.ensemble``, whose dev UA is the mean of its members'); ``centring``: how held-out speakers
+    are centred (``test_offsets``)."""
     model, meta = build_model_from_checkpoint(out / "model", config.base_dir)
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
     if data.cache is None:
         raise ValueError("--rescore needs the cache (cache: true)")
-    logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean)
+    offsets, history = test_offsets(data, meta, test_idx, corpus, centring)
+    logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean,
+                            offsets=offsets)
     clips = [data.manifest.clips[i] for i in test_idx]
     if (out / "metrics.json").is_file():  # a training run; a merged ensemble (trainer.ensemble) has none
         best = json.loads((out / "metrics.json").read_text())["best"]
@@ -87,6 +149,8 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
         if rep["corpora"]:
             entry = rep["corpora"][corpus]
             row[protocol] = {k: entry[k] for k in ("n", "ua", "macro_f1", "wa", "ece")}
+    if history is not None:
+        row["adaptation"] = adaptation(logits, clips, meta.labels, history)
     return row
 
 
@@ -98,7 +162,7 @@ def summarize(rows: list[dict[str, Any]], command: str) -> tuple[dict[str, Any],
         if present:
             mean[protocol] = {k: float(np.mean([p[k] for p in present])) for k in ("ua", "macro_f1", "wa", "ece")}
     def cell(entry: dict[str, Any] | None, key: str) -> str:
-        return "-" if not entry else f"{entry[key]:.3f}"
+        return "-" if not entry or entry[key] is None else f"{entry[key]:.3f}"
 
     lines = [f"`{command}`", "",
              "| held-out corpus | n (4-class) | UA | macro-F1 | WA | ECE | 5-class UA | best epoch | dev UA |",
@@ -111,7 +175,29 @@ def summarize(rows: list[dict[str, Any]], command: str) -> tuple[dict[str, Any],
     m4, m5 = mean.get("4class"), mean.get("5class")
     lines.append(f"| **mean** | | **{cell(m4, 'ua')}** | {cell(m4, 'macro_f1')} | {cell(m4, 'wa')} | "
                  f"{cell(m4, 'ece')} | {cell(m5, 'ua')} | | |")
-    return {"command": command, "folds": rows, "mean": mean}, "\n".join(lines) + "\n"
+    summary: dict[str, Any] = {"command": command, "folds": rows, "mean": mean}
+    curves = [r["adaptation"] for r in rows if "adaptation" in r]
+    if curves:
+        summary["adaptation_mean"] = _adaptation_mean(curves)
+        lines += ["", "4-class UA by the speaker's audio heard before the clip (stream centring):", "",
+                  "| history | " + " | ".join(r["corpus"] for r in rows if "adaptation" in r) + " | **mean** |",
+                  "|---|" + "---|" * (len(curves) + 1)]
+        for k, entry in enumerate(summary["adaptation_mean"]):
+            low, high = entry["history_s"]
+            name = "none" if low == 0 else f"{low:.0f}-{high:.0f} s" if high is not None else f">= {low:.0f} s"
+            cells = [f"{c[k]['ua']:.3f} ({c[k]['n']})" if c[k]["ua"] is not None else "-" for c in curves]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | **{cell(entry, 'ua')}** |")
+    return summary, "\n".join(lines) + "\n"
+
+
+def _adaptation_mean(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per history bin: the mean UA over the corpora that have clips in it."""
+    out = []
+    for k, first in enumerate(curves[0]):
+        present = [c[k]["ua"] for c in curves if c[k]["ua"] is not None]
+        out.append({"history_s": first["history_s"], "corpora": len(present),
+                    "ua": float(np.mean(present)) if present else None})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
                         "in --out again, into summary.rescored.{json,md}")
     parser.add_argument("--frame-mean", action="store_true", help="with --rescore: pool clips by the plain mean "
                         "of frame logits (what per-second scores average) instead of the head's pooling")
+    parser.add_argument("--centre", choices=CENTRE_MODES, default=None, help="with --rescore: centre held-out "
+                        "speakers at test time (speaker-adaptive figures, not zero-shot; trainer/speaker_norm.py): "
+                        "speaker: on each speaker's mean over all their clips; stream: causally, on the mean of "
+                        "the speaker's earlier clips in a seeded order; stream-grouped: the same with each "
+                        "emotion's clips in a row. Writes summary.centre-<mode>.{json,md}")
+    parser.add_argument("--prior-s", type=float, default=10.0, help="stream modes: seconds of the training "
+                        "mean the running mean is shrunk toward (default 10)")
+    parser.add_argument("--stream-seed", type=int, default=0, help="stream modes: seed of the clip order")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = shlex.join(["python", "-m", "trainer.loco", *(sys.argv[1:] if argv is None else argv)])
@@ -142,10 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         rows = []
-        stem = "summary.rescored" if args.rescore else "summary"
+        if args.centre and not args.rescore:
+            raise ValueError("--centre goes with --rescore (to train centred: --set normalize=speaker)")
+        centring = Centring(args.centre or "none", args.prior_s, args.stream_seed)
+        stem = (f"summary.centre-{args.centre}" if args.centre else "summary.rescored" if args.rescore
+                else "summary")
         for corpus in folds:
             fold_dir = out / f"fold-{safe_name(corpus)}"
-            rows.append(rescore_fold(config, data, corpus, fold_dir, args.frame_mean) if args.rescore
+            rows.append(rescore_fold(config, data, corpus, fold_dir, args.frame_mean, centring)
+                        if args.rescore
                         else run_fold(config, data, corpus, fold_dir))
             summary, table = summarize(rows, command)
             (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")

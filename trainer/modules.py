@@ -56,19 +56,21 @@ class TrainModule(nn.Module):
         self.domain = DomainHead(width, domain_hidden, n_domains) if n_domains > 1 else None
         self.reversal_weight = 0.0
 
-    def encode(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool) -> torch.Tensor:
-        """Normalised features (B, F, D): from cached states entering ``start_layer``, or from log-mel."""
+    def encode(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool, offset: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Normalised features (B, F, D): from cached states entering ``start_layer``, or from log-mel;
+        ``offset``: per-speaker centring (``EmotionModel.features``)."""
         encoder = self.model.encoder
         if from_mel:
             with torch.no_grad():
                 x = encoder.embed(x)
                 x = encoder.run_layers(x, 0, self.start_layer, key_padding=~valid)
-        return self.model.features(x, start_layer=self.start_layer, hidden=x, key_padding=~valid)
+        return self.model.features(x, start_layer=self.start_layer, hidden=x, key_padding=~valid, offset=offset)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool = False,
+                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clip logits (B, C) (without prior correction) and domain logits (B, n_domains) or None."""
-        feats = self.encode(x, valid, from_mel)
+        feats = self.encode(x, valid, from_mel, offset)
         frame_logits, weights, hidden = self.model.head.frame_outputs(feats, valid)
         clip_logits = torch.einsum("bf,bfc->bc", weights, frame_logits)
         if self.domain is None:

@@ -49,6 +49,7 @@ from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
 from trainer.regularize import mixup, random_crop
+from trainer.speaker_norm import clip_means, speaker_offsets
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,24 @@ class RunData:
     labels: LabelMap
     cache: CacheSet | None
     usable: list[int]  # clip indices that decode (all of them without a cache: checked lazily)
+    clip_means: np.ndarray | None = None  # (clips, D) trainer/speaker_norm.py means, computed on first use
+
+    def speaker_means(self) -> np.ndarray:
+        """Every usable clip's mean of its standardised view-0 states (trainer/speaker_norm.py), (clips, D)."""
+        if self.clip_means is None:
+            if self.cache is None:
+                raise ValueError("per-speaker centring needs the frozen-layer cache (cache: true)")
+            means = np.zeros((len(self.manifest), self.cache.views[0].states.shape[1]), dtype=np.float32)
+            means[self.usable] = clip_means(self.cache.views[0], self.usable)
+            self.clip_means = means
+        return self.clip_means
+
+    def centring(self, indices: Sequence[int], reference: np.ndarray | None) -> np.ndarray | None:
+        """Per-speaker offsets (N, D) of ``indices`` against ``reference``; None without centring."""
+        if reference is None:
+            return None
+        rows = np.asarray(indices, dtype=np.int64)
+        return speaker_offsets(self.manifest.clips, indices, self.speaker_means()[rows], reference)
 
 
 @dataclass
@@ -198,6 +217,9 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     if config.domain.enabled and len(domain_names) < 2:
         log.info("domain head off: only one %s in the training data", config.domain.target)
     domain_chance = float(np.bincount(domains).max() / len(domains))
+    reference = data.speaker_means()[train_idx].mean(axis=0) if config.normalize == "speaker" else None
+    train_offsets = data.centring(train_idx, reference)
+    dev_offsets = data.centring(dev_idx, reference)
 
     model = build_model(config, len(classes))
     if config.balance.prior_correction:
@@ -285,13 +307,14 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
                 if len(positions) == 0:
                     continue
                 from_mel = True
+            offset = None if train_offsets is None else torch.from_numpy(train_offsets[positions.numpy()]).to(device)
             positions = positions.to(device)
             x, frames = x.to(device, non_blocking=True), frames.to(device)
             valid = valid_mask(frames, x.shape[-1] // 2 if from_mel else x.shape[1])
             valid = random_crop(valid, reg_rng, reg.crop_p, crop_frames)
             mixed = mixup(x, valid, reg_rng, reg.mixup_p, reg.mixup_alpha)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                clip_logits, domain_logits = wrapped(mixed.x, mixed.valid, from_mel)
+                clip_logits, domain_logits = wrapped(mixed.x, mixed.valid, from_mel, offset)
             own, other = positions, positions[mixed.partner]
             share = mixed.share[:, None]
             w = mixed.share * weights_t[own] + (1 - mixed.share) * weights_t[other]
@@ -321,16 +344,17 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             dist.all_reduce(packed)
             sums = dict(zip(sorted(sums), packed.tolist(), strict=True))
         with average.applied(module) if average is not None else contextlib.nullcontext():
-            dev = _evaluate_dev(model, config, data, dev_idx, dev_targets, dev_clips, device)
+            dev = _evaluate_dev(model, config, data, dev_idx, dev_targets, dev_clips, device, dev_offsets)
             if (dev is None or dev["ua"] > best["ua"]) and rank == 0:
                 _save_model(out / "model", model, config, data, train_idx, dev_idx,
-                            _best_entry(dev, epoch), epoch)
+                            _best_entry(dev, epoch), epoch, reference)
             if (config.snapshots > 1 or config.keep_epochs) and dev is not None and rank == 0:
                 snapshots = _keep_snapshot(out / SNAPSHOT_DIR, snapshots, config.snapshots, dev["ua"], epoch,
                                            config.keep_epochs,
                                            functools.partial(_save_model, model=model, config=config, data=data,
                                                              train_idx=train_idx, dev_idx=dev_idx,
-                                                             best=_best_entry(dev, epoch), epoch=epoch))
+                                                             best=_best_entry(dev, epoch), epoch=epoch,
+                                                             reference=reference))
         entry = {
             "epoch": epoch, "lr": base_lrs[0] * scale, "reversal_weight": module.reversal_weight,
             "train_loss": sums["loss"] / max(sums["weight"], 1e-9),
@@ -379,11 +403,13 @@ def _fmt(value: float | None) -> str:
 
 
 def _evaluate_dev(model: EmotionModel, config: TrainConfig, data: RunData, dev_idx: np.ndarray,
-                  dev_targets: np.ndarray, dev_clips: Sequence[Clip], device: torch.device) -> dict[str, Any] | None:
+                  dev_targets: np.ndarray, dev_clips: Sequence[Clip], device: torch.device,
+                  offsets: np.ndarray | None = None) -> dict[str, Any] | None:
     if len(dev_idx) == 0:
         return None
     if data.cache is not None:
-        logits = predict_cached(model, data.cache.views[0], dev_idx.tolist(), config.frozen_layers, device=device)
+        logits = predict_cached(model, data.cache.views[0], dev_idx.tolist(), config.frozen_layers, device=device,
+                                offsets=offsets)
     else:
         logits, _ = predict_clips(model, dev_clips, config.max_clip_s, device=device, params=config.feature_params)
     return _dev_metrics(logits, dev_targets, dev_clips, data.labels.classes)
@@ -417,7 +443,7 @@ def _merge_snapshots(out: Path, kept: Sequence[dict[str, Any]], config: TrainCon
 
 
 def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: RunData, train_idx: np.ndarray,
-                dev_idx: np.ndarray, best: dict[str, Any], epoch: int) -> None:
+                dev_idx: np.ndarray, best: dict[str, Any], epoch: int, reference: np.ndarray | None = None) -> None:
     clips = data.manifest.clips
     finetuned = list(range(config.frozen_layers, config.encoder_layers))
     corpora: dict[str, int] = {}
@@ -438,6 +464,7 @@ def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: Ru
                   "epoch": epoch, "config": config.model_dump(mode="json"),
                   "label_map": data.labels.config.model_dump(mode="json")},
         metrics={"dev_4class": {k: best[k] for k in ("ua", "macro_f1", "wa")}},
+        speaker_norm=None if reference is None else {"reference": [float(v) for v in reference]},
     )
     save_checkpoint(folder, meta, checkpoint_tensors(model, finetuned))
 
