@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from edge_ser import memory, systemd
 from edge_ser.backends import Engine, make_engine
 from edge_ser.batching import DynamicBatcher
@@ -34,7 +36,8 @@ class ModelMissingError(RuntimeError):
     """No trained emotion model where the configuration points: the agent refuses to start."""
 
 
-def check_model(path: Path) -> None:
+def check_model(path: Path, centring: bool = True) -> None:
+    """Refuse to start without a usable trained model (``centring``: whether stream adaptation is on)."""
     if not (path / "model.json").is_file():
         raise ModelMissingError(
             f"no trained emotion model at {path} (model.json missing). The agent never runs a random or "
@@ -45,12 +48,31 @@ def check_model(path: Path) -> None:
         meta = read_meta(path)
     except CheckpointError as exc:
         raise ModelMissingError(str(exc)) from exc
-    if meta.speaker_norm is not None:
+    if meta.speaker_norm is not None and meta.speaker_norm["trained"] and not centring:
         raise ModelMissingError(
-            f"{path}: model {meta.model_id} reads speaker-centred features (trained with normalize: speaker), "
-            "which need each speaker's mean; the agent does not centre its streams, so it would score them "
-            "skewed. Use a model trained with normalize: none (the default)."
+            f"{path}: model {meta.model_id} was trained on speaker-centred features (normalize: speaker) and "
+            "scores skewed without stream adaptation: set centring.enabled: true, or use a model trained with "
+            "normalize: none."
         )
+
+
+def centring_reference(engine: Engine, config: AgentConfig) -> np.ndarray | None:
+    """The reference stream adaptation centres on, or None (off, with a warning saying why when asked for)."""
+    if not config.centring.enabled:
+        return None
+    reference = engine.centring_reference
+    if reference is None:
+        log.warning("model %s has no speaker_norm reference: stream adaptation is off (add one with "
+                    "`python -m trainer.speaker_norm`, docs/training.md)", engine.model_id)
+        return None
+    if not engine.supports_offsets:
+        if engine.meta.speaker_norm and engine.meta.speaker_norm["trained"]:
+            raise ModelMissingError(f"model {engine.model_id} needs stream adaptation, which the "
+                                    f"{type(engine).__name__} backend does not support: use ctranslate2 or torch")
+        log.warning("%s: stream adaptation is not supported by this backend; windows are scored uncentred",
+                    type(engine).__name__)
+        return None
+    return reference
 
 
 def prepare_process(memory_config: MemoryConfig | None = None) -> None:
@@ -71,7 +93,7 @@ def prepare_process(memory_config: MemoryConfig | None = None) -> None:
 def build_engine(config: AgentConfig) -> Engine:
     prepare_process(config.memory)
     model_dir = config.model.resolved_path()
-    check_model(model_dir)
+    check_model(model_dir, config.centring.enabled)
     engine = make_engine(config.engine, model_dir, config.model.base_dir)
     engine.warmup((config.windows.window_s, config.windows.min_window_s))
     return engine
@@ -138,7 +160,8 @@ async def run_agent(config: AgentConfig, engine: Engine | None = None, publisher
     pipeline = Pipeline(
         device_id=config.device_id, model_id=engine.model_id, labels=engine.labels, run_id=uuid.uuid4().hex[:8],
         batcher=batcher, publisher=publisher, vad_config=config.vad, window_config=config.windows,
-        smoother_config=config.smoothing,
+        smoother_config=config.smoothing, centring_config=config.centring,
+        reference=centring_reference(engine, config),
     )
     if config.stats.prometheus_port is not None:
         from edge_ser.metrics import Metrics

@@ -73,7 +73,8 @@ class DynamicBatcher:
 
     def _infer(self, windows: list[Window]) -> list[FrameScores]:
         mels = [log_mel(w.samples, self.params) for w in windows]
-        return self.engine.infer(mels)
+        offsets = [w.offset for w in windows]
+        return self.engine.infer(mels, offsets if any(o is not None for o in offsets) else None)
 
     @property
     def in_flight(self) -> int:

@@ -45,8 +45,9 @@ class ModelMeta:
     class_log_prior: list[float] | None = None
     window: dict[str, float] = field(default_factory=lambda: {"window_s": 2.0, "hop_s": 1.0})
     speaker_norm: dict[str, Any] | None = None
-    """Set when the head reads speaker-centred features (trainer/speaker_norm.py): ``reference``, the training
-    mean in the final LayerNorm's unscaled space. Such a model needs each speaker's mean at inference."""
+    """``reference``: the training data's mean of standardised encoder features (the final LayerNorm's unscaled
+    space), which stream adaptation centres each stream on (edge_ser.centring); ``trained``: true when the head
+    was trained on speaker-centred features (``normalize: speaker``), so it must be centred at inference."""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
@@ -71,10 +72,25 @@ def save_checkpoint(folder: str | Path, meta: ModelMeta, tensors: dict[str, np.n
     save_file(arrays, str(tmp), metadata={"format": FORMAT, "model_id": meta.model_id})
     tmp.replace(weights)
     meta.weights_sha256 = sha256_bytes(weights)
+    _write_meta(folder, meta)
+    return folder
+
+
+def update_meta(folder: str | Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) -> None:
+    """Rewrite only ``model.json`` of a checkpoint (the weights file and its sha256 stay as they are);
+    ``tensors`` are the folder's weights, to check the new metadata against."""
+    folder = Path(folder)
+    _check_meta(folder / META_FILE, meta)
+    _check_tensors(folder / WEIGHTS_FILE, meta, tensors)
+    if sha256_bytes(folder / WEIGHTS_FILE) != meta.weights_sha256:
+        raise CheckpointError(f"{folder / WEIGHTS_FILE}: not the weights model.json describes")
+    _write_meta(folder, meta)
+
+
+def _write_meta(folder: Path, meta: ModelMeta) -> None:
     meta_tmp = folder / (META_FILE + ".tmp")
     meta_tmp.write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
     meta_tmp.replace(folder / META_FILE)
-    return folder
 
 
 def read_meta(folder: str | Path) -> ModelMeta:
@@ -148,10 +164,11 @@ def _check_meta(path: Path, meta: ModelMeta) -> None:
     if meta.head.get("type") not in ("frame", "attentive"):
         raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r:.60}")
     norm = meta.speaker_norm
-    if norm is not None and not (isinstance(norm, dict) and isinstance(norm.get("reference"), list)
+    if norm is not None and not (isinstance(norm, dict) and set(norm) == {"reference", "trained"}
+                                 and isinstance(norm["reference"], list) and isinstance(norm["trained"], bool)
                                  and all(_is_number(v) for v in norm["reference"])):
         raise CheckpointError(f"{path}: 'speaker_norm' must be null or an object with a 'reference' list of "
-                              f"numbers, got {norm!r:.80}")
+                              f"numbers and a boolean 'trained', got {norm!r:.80}")
     if meta.class_log_prior is not None and len(meta.class_log_prior) != len(meta.labels):
         raise CheckpointError(
             f"{path}: class_log_prior has {len(meta.class_log_prior)} values for {len(meta.labels)} labels"

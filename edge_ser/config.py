@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_ser.backends import Ct2EngineConfig, EngineConfig
 from edge_ser.batching import BatchingConfig
+from edge_ser.centring import CentringConfig
 from edge_ser.memory import MemoryConfig
 from edge_ser.publish import PublisherConfig, StdoutPublisherConfig
 from edge_ser.publish.topics import validate_id
@@ -67,6 +68,8 @@ class AgentConfig(BaseModel):
     vad: VadConfig = Field(default_factory=VadConfig, description="Voice activity detection.")
     windows: WindowConfig = Field(default_factory=WindowConfig, description="Sliding windows over speech.")
     smoothing: SmootherConfig = Field(default_factory=lambda: _default_smoother(), description="Smoother.")
+    centring: CentringConfig = Field(default_factory=CentringConfig, description="Stream adaptation: centre "
+                                     "each stream's features on its own running mean (edge_ser.centring).")
     sources: list[SourceConfig] = Field(description="Audio sources; each stream id must be unique.")
     publisher: PublisherConfig = Field(default_factory=StdoutPublisherConfig, description="Where events go.")
     stats: StatsConfig = Field(default_factory=StatsConfig, description="Statistics and metrics.")

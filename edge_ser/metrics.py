@@ -66,6 +66,12 @@ class PipelineCollector(Collector):
         for stream_id, values in streams.items():
             ratio.add_metric([stream_id], float(values["speech_ratio"]))
         yield ratio
+        adapted = GaugeMetricFamily("edge_ser_stream_adapted_seconds", "Speech in the stream's adaptation mean "
+                                    "(edge_ser.centring; absent when stream adaptation is off)", labels=["stream"])
+        for stream_id, values in streams.items():
+            if values["adapted_s"] is not None:
+                adapted.add_metric([stream_id], float(values["adapted_s"]))
+        yield adapted
         yield GaugeMetricFamily("edge_ser_streams_live", "Streams currently open", value=stats["streams_live"])
         yield GaugeMetricFamily("edge_ser_engine_queue_depth", "Windows waiting for the engine",
                                 value=stats["pending_windows"])

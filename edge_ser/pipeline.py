@@ -3,6 +3,9 @@
     Source.run(sink) -> Pipeline (the AudioSink) -> per stream: Segmenter -> Windower -> DynamicBatcher
     -> (in order) Smoother + UtteranceTracker -> EventBuilder -> Publisher
 
+With stream adaptation (``edge_ser.centring``), each window leaves with its stream's current offset and its
+scored feature mean goes back into the stream's running mean, in stream order.
+
 Each stream has a bounded, ordered queue of work items consumed by its own task, so results are smoothed
 and published in stream order even though windows of all streams share engine batches. A failing stream
 reports its status and stops alone; the others go on.
@@ -25,6 +28,7 @@ import numpy as np
 from edge_ser import memory
 from edge_ser.backends.base import FrameScores
 from edge_ser.batching import DynamicBatcher
+from edge_ser.centring import CentringConfig, StreamCentring
 from edge_ser.events import EventBuilder
 from edge_ser.publish import OutboundMessage, Publisher
 from edge_ser.smoothing import Shift, SmootherConfig, StateUpdate, make_smoother
@@ -50,6 +54,7 @@ class StreamStats:
     states: int = 0
     shifts: int = 0
     utterances: int = 0
+    adapted_s: float | None = None  # speech in the stream's centring mean (None: no stream adaptation)
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +67,7 @@ class StreamStats:
             "states": self.states,
             "shifts": self.shifts,
             "utterances": self.utterances,
+            "adapted_s": None if self.adapted_s is None else round(self.adapted_s, 1),
             "latency_p50_ms": None if lat is None else round(float(np.percentile(lat, 50)) * 1000, 1),
             "latency_p99_ms": None if lat is None else round(float(np.percentile(lat, 99)) * 1000, 1),
         }
@@ -89,6 +95,8 @@ class StreamWorker:
         self.last_t = 0.0
         self.last_gap_t = 0.0
         self.last_window_end: float | None = None
+        self.centring = None if pipeline.reference is None else StreamCentring(pipeline.centring_config,
+                                                                                  pipeline.reference)
         self.task = asyncio.create_task(self._consume(), name=f"stream-{stream_id}")
 
     async def audio(self, block: AudioBlock) -> None:
@@ -110,7 +118,8 @@ class StreamWorker:
             await self._submit(window)
 
     async def _submit(self, window: Window) -> None:
-        ready = dataclasses.replace(window, ready_at=self.pipeline.clock())
+        offset = None if self.centring is None else self.centring.offset(window.t0)
+        ready = dataclasses.replace(window, ready_at=self.pipeline.clock(), offset=offset)
         future = await self.pipeline.batcher.submit(ready)
         await self.queue.put(("window", (ready, future)))
 
@@ -157,6 +166,7 @@ class StreamWorker:
                         continue
                     self.stats.windows += 1
                     self.last_window_end = window.t1
+                    self._adapt(window, scores)
                     probs = scores.clip_probs()
                     self._emit_utterances(self.utterances.push(window.segment_id, window.t0, window.t1, probs))
                     self._emit(self.smoother.push(window.t0, window.t1, probs))
@@ -181,6 +191,13 @@ class StreamWorker:
             finally:
                 self.queue.task_done()
 
+    def _adapt(self, window: Window, scores: FrameScores) -> None:
+        """Add the scored window's feature mean to the stream's adaptation (edge_ser.centring)."""
+        if self.centring is None or scores.feature_mean is None:
+            return
+        self.centring.push(scores.feature_mean, window.segment_id, window.t0, window.t1)
+        self.stats.adapted_s = self.centring.heard_s
+
     def status(self, status: str, detail: str = "") -> None:
         payload = self.events.stream_status(status, self.last_t, self.pipeline.wall_clock(), detail or None)
         self._publish("stream_status", payload, retain=True)
@@ -192,7 +209,8 @@ class Pipeline:
     def __init__(self, *, device_id: str, model_id: str, labels: tuple[str, ...], run_id: str,
                  batcher: DynamicBatcher, publisher: Publisher, vad_config: VadConfig,
                  window_config: WindowConfig, smoother_config: SmootherConfig, stream_queue: int = 512,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 centring_config: CentringConfig | None = None, reference: np.ndarray | None = None) -> None:
         self.device_id = device_id
         self.model_id = model_id
         self.labels = labels
@@ -203,6 +221,9 @@ class Pipeline:
         self.window_config = window_config
         self.smoother_config = smoother_config
         self.stream_queue = stream_queue
+        self.centring_config = centring_config or CentringConfig()
+        # stream adaptation: on when enabled and the model has a reference (edge_ser.centring)
+        self.reference = reference if self.centring_config.enabled else None
         self.clock = clock
         self.wall_clock = wall_clock
         self.on_latency: Callable[[str, float], None] | None = None  # metrics hook

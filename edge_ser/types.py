@@ -50,6 +50,7 @@ class Window:
     t1: float
     samples: np.ndarray  # float32, mono, SAMPLE_RATE
     ready_at: float = 0.0  # monotonic clock when its last sample became available (latency metrics)
+    offset: np.ndarray | None = None  # the stream's centring offset at submit time (edge_ser.centring)
 
 
 @dataclass(frozen=True, slots=True)

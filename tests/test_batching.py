@@ -32,7 +32,8 @@ class FakeEngine(Engine):
         self.max_running = 0
         self._lock = threading.Lock()
 
-    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
+              ) -> list[FrameScores]:
         raise AssertionError("the batcher calls infer through _infer with log-mels; see FakeBatcher")
 
     def score(self, windows: list[Window]) -> list[FrameScores]:

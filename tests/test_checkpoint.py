@@ -73,7 +73,8 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
         (lambda d: d["head"].update(type="rnn"), "head.type"),
         (lambda d: d["features"].update(trim_db=-3.0), r"'features' values must be positive ints \(trim_db"),
         (lambda d: d["features"].update(n_mels=80.5), "'features' values"),
-        (lambda d: d.update(speaker_norm={"reference": ["a"]}), "'speaker_norm' must be null or an object"),
+        (lambda d: d.update(speaker_norm={"reference": ["a"], "trained": False}), "'speaker_norm' must be null"),
+        (lambda d: d.update(speaker_norm={"reference": [0.0]}), "a boolean 'trained'"),
         (lambda d: d.update(speaker_norm=[0.0]), "'speaker_norm' must be null or an object"),
     ],
 )
@@ -97,9 +98,9 @@ def test_garbage_files_are_refused(tmp_path: Path) -> None:
 
 def test_speaker_norm_roundtrips_and_its_width_is_checked(tmp_path: Path) -> None:
     meta = _meta()
-    meta.speaker_norm = {"reference": [0.5] * 512}
+    meta.speaker_norm = {"reference": [0.5] * 512, "trained": False}
     save_checkpoint(tmp_path / "ok", meta, _tensors())
-    assert load_checkpoint(tmp_path / "ok")[0].speaker_norm == {"reference": [0.5] * 512}
-    meta.speaker_norm = {"reference": [0.5] * 100}
+    assert load_checkpoint(tmp_path / "ok")[0].speaker_norm == {"reference": [0.5] * 512, "trained": False}
+    meta.speaker_norm = {"reference": [0.5] * 100, "trained": True}
     with pytest.raises(CheckpointError, match=r"speaker_norm.reference has 100 values; expected d_model 512"):
         save_checkpoint(tmp_path / "bad", meta, _tensors())

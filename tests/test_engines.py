@@ -173,3 +173,32 @@ def test_avx512_kernels_compute_what_ctranslate2s_own_choice_computes(tmp_path: 
     diff = float(np.abs(probs["AVX512"] - probs["ctranslate2"]).max())
     print(f"AVX512 vs CTranslate2's choice, int8: max |dp| {diff:.2e}, 4-class agreement {agree:.3f}")
     assert diff < 0.05 and agree >= 0.97
+
+
+def test_stream_offsets_centre_the_same_way_in_ctranslate2_and_torch(reference) -> None:
+    """Both backends measure the same window feature means and apply the same offset; a zero offset is no
+    offset, and the model's own reference as offset moves the scores."""
+    from edge_ser.backends.ct2_backend import Ct2Engine
+    from edge_ser.backends.torch_backend import TorchEngine
+
+    mels, torch_probs = reference
+    torch_engine, ct2_engine = TorchEngine(MODEL), Ct2Engine(MODEL, compute_type="float32")
+    assert torch_engine.centring_reference is not None  # the shipped model carries its reference
+    plain_t, plain_c = torch_engine.infer(mels), ct2_engine.infer(mels)
+    for a, b in zip(plain_t, plain_c, strict=True):
+        assert a.feature_mean is not None and b.feature_mean is not None
+        np.testing.assert_allclose(a.feature_mean, b.feature_mean, atol=2e-3)
+    zero = [np.zeros(512, np.float32)] * len(mels)
+    np.testing.assert_allclose(np.stack([s.clip_probs() for s in torch_engine.infer(mels, zero)]),
+                               np.stack(torch_probs), atol=1e-6)
+    # centre every window on its own mean: both backends agree, and the scores move
+    offsets = [s.feature_mean - torch_engine.centring_reference for s in plain_t]
+    moved_t = np.stack([s.clip_probs() for s in torch_engine.infer(mels, offsets)])
+    moved_c = np.stack([s.clip_probs() for s in ct2_engine.infer(mels, offsets)])
+    assert np.abs(moved_t - moved_c).max() < 1e-3
+    assert np.abs(moved_t - np.stack(torch_probs)).max() > 0.05
+    # the feature mean is measured before the offset: it does not move with it
+    np.testing.assert_allclose(torch_engine.infer(mels[:2], offsets[:2])[0].feature_mean, plain_t[0].feature_mean,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=r"window 0: offset must be finite with shape \(512,\)"):
+        ct2_engine.infer(mels[:1], [np.zeros(3, np.float32)])

@@ -61,6 +61,10 @@ def test_metrics_endpoint_reports_stream_progress_and_latency(tmp_path: Path) ->
     assert _value(text, "edge_ser_stream_windows_total", "ex") >= 3
     assert _value(text, "edge_ser_window_latency_seconds_count", "ex") >= 3
     assert 0.5 < _value(text, "edge_ser_stream_speech_ratio", "ex") <= 1.0
+    # stream adaptation (on by default; the shipped model carries its reference): the windows scored so far
+    # went into the stream's mean, each second of speech once although windows overlap
+    windows = _value(text, "edge_ser_stream_windows_total", "ex")
+    assert 0.5 <= _value(text, "edge_ser_stream_adapted_seconds", "ex") <= 2.0 * windows
     assert _value(text, "edge_ser_streams_live") == 1
     assert "edge_ser_engine_queue_depth" in text
     assert 50e6 < _value(text, "edge_ser_memory_resident_bytes") < 4e9  # the model alone is ~100 MB

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from edge_ser.centring import FRAMES_PER_S, standardised_mean
 from trainer.data import Clip
-from trainer.speaker_norm import FRAMES_PER_S, speaker_offsets, standardised_mean, stream_offsets
+from trainer.speaker_norm import clip_offsets, speaker_offsets, stream_offsets
 
 
 def _clip(speaker: str, emotion: str) -> Clip:
@@ -78,3 +79,11 @@ def test_stream_offsets_refuse_bad_settings() -> None:
         stream_offsets(clips, range(24), means, frames, np.zeros(4), 1.0, 0, order="sorted")
     with pytest.raises(ValueError, match="prior_s must be >= 0 seconds, got -1"):
         stream_offsets(clips, range(24), means, frames, np.zeros(4), -1.0, 0)
+
+
+def test_clip_offsets_centre_each_clip_on_its_own_mean_shrunk_by_its_length() -> None:
+    means = np.array([[1.0, 3.0], [2.0, -2.0]], dtype=np.float32)
+    reference = np.array([1.0, 1.0], dtype=np.float32)
+    offsets = clip_offsets(means, np.array([50, 150]), reference, prior_s=1.0)
+    np.testing.assert_allclose(offsets, [[0.0, 1.0], [0.75, -2.25]], rtol=1e-6)
+    np.testing.assert_allclose(clip_offsets(means, np.array([50, 150]), reference, 0.0), means - reference)

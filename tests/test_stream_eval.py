@@ -96,6 +96,21 @@ def test_second_run_uses_only_the_cache(first_run: dict[str, Any], monkeypatch: 
     assert sorted(p.name for p in plots.glob("*.png")) == ["stream_000.png", "stream_001.png"]
 
 
+@needs_data
+@needs_model
+def test_stream_adaptation_is_part_of_what_the_window_scores_are_cached_under(first_run: dict[str, Any]) -> None:
+    root = first_run["root"]
+    assert first_run["report"]["config"]["centring"]["enabled"]  # the agent's default
+    out = root / "plain.json"
+    assert eval_main([*first_run["argv"], "--out", str(out), "--no-centring"]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["centring"]["enabled"] is False
+    assert report["cache"]["hits"] == 2 and report["cache"]["misses"] == 2  # whole clips cached, windows not
+    # centred, every window was scored twice (once for its feature mean, once centred); plain, once
+    windows = report["engine_calls"]["windows"]
+    assert first_run["report"]["engine_calls"]["windows"] > 2 * windows
+
+
 def test_stages_tick_gaps_through_silence_and_window_speech_in_pipeline_order() -> None:
     """Pure ordering check on tiny synthetic audio: 2 s of silence (gap ticks every 0.5 s, no windows)."""
     events, windows, end_t = stream_eval.run_stages("s", np.zeros(2 * SAMPLE_RATE, np.float32), VadConfig(),

@@ -30,7 +30,7 @@ from trainer.evaluate import build_model_from_checkpoint, predict_cached, predic
 from trainer.labels import LabelError
 from trainer.metrics import score
 from trainer.plots import safe_name
-from trainer.speaker_norm import stream_offsets
+from trainer.speaker_norm import clip_offsets, stream_offsets, training_reference
 from trainer.train import RunData, fit, prepare, training_indices
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,16 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
     return row
 
 
-CENTRE_MODES = ("none", "speaker", "stream", "stream-grouped")
+CENTRE_MODES = ("none", "clip", "speaker", "stream", "stream-grouped")
 
 
 @dataclass(frozen=True)
 class Centring:
-    """How held-out speakers are centred at test time (trainer/speaker_norm.py). ``mode``: ``none`` (the
-    zero-shot figure; a model trained centred gets ``speaker``), ``speaker`` (each speaker's mean over all
-    their clips), ``stream`` / ``stream-grouped`` (causal, from the speaker's earlier clips only, shrunk toward
-    the reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
+    """How held-out clips are centred at test time (trainer/speaker_norm.py). ``mode``: ``none`` (the
+    zero-shot figure; a model trained centred gets ``speaker``); ``clip`` (each clip on its own mean, shrunk
+    toward the reference with ``prior_s`` seconds: still zero-shot, it uses nothing but the clip); ``speaker``
+    (each speaker's mean over all their clips); ``stream`` / ``stream-grouped`` (causal, from the speaker's
+    earlier clips only, shrunk toward the reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
 
     mode: str = "none"
     prior_s: float = 10.0
@@ -96,13 +97,16 @@ def test_offsets(data: RunData, meta: ModelMeta, test_idx: list[int], corpus: st
     if meta.speaker_norm is not None:
         reference = np.asarray(meta.speaker_norm["reference"], dtype=np.float32)
     else:
-        train = [i for i in data.usable if data.manifest.clips[i].corpus != corpus]
-        reference = data.speaker_means()[train].mean(axis=0)
+        others = sorted({data.manifest.clips[i].corpus for i in data.usable} - {corpus})
+        reference, _ = training_reference(data, others)
     if mode == "speaker":
         return data.centring(test_idx, reference), None
     rows = np.asarray(test_idx, dtype=np.int64)
     if data.cache is None:
-        raise ValueError("stream centring needs the cache (cache: true)")
+        raise ValueError(f"centring mode {mode!r} needs the cache (cache: true)")
+    if mode == "clip":
+        return clip_offsets(data.speaker_means()[rows], data.cache.views[0].length[rows], reference,
+                            centring.prior_s), None
     order = "grouped" if mode == "stream-grouped" else "shuffled"
     return stream_offsets(data.manifest.clips, test_idx, data.speaker_means()[rows], data.cache.views[0].length[rows],
                           reference, centring.prior_s, centring.seed, order)
@@ -213,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-mean", action="store_true", help="with --rescore: pool clips by the plain mean "
                         "of frame logits (what per-second scores average) instead of the head's pooling")
     parser.add_argument("--centre", choices=CENTRE_MODES, default=None, help="with --rescore: centre held-out "
-                        "speakers at test time (speaker-adaptive figures, not zero-shot; trainer/speaker_norm.py): "
-                        "speaker: on each speaker's mean over all their clips; stream: causally, on the mean of "
+                        "clips or speakers at test time (trainer/speaker_norm.py): clip: each clip on its own "
+                        "mean (zero-shot); the others are speaker-adaptive figures, not zero-shot: speaker: on "
+                        "each speaker's mean over all their clips; stream: causally, on the mean of "
                         "the speaker's earlier clips in a seeded order; stream-grouped: the same with each "
                         "emotion's clips in a row. Writes summary.centre-<mode>.{json,md}")
-    parser.add_argument("--prior-s", type=float, default=10.0, help="stream modes: seconds of the training "
-                        "mean the running mean is shrunk toward (default 10)")
+    parser.add_argument("--prior-s", type=float, default=10.0, help="clip and stream modes: seconds of the "
+                        "training mean the clip's or running mean is shrunk toward (default 10)")
     parser.add_argument("--stream-seed", type=int, default=0, help="stream modes: seed of the clip order")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -15,23 +15,27 @@ headline (it assumes a speaker's clips are spread over the emotions, as they are
 
 from __future__ import annotations
 
+import argparse
+import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from edge_ser.centring import FRAMES_PER_S, standardised_mean
+from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, update_meta
 from trainer.cache import CachedView
-from trainer.data import Clip
+from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.data import Clip, ManifestError
 
-LAYER_NORM_EPS = 1e-5
+if TYPE_CHECKING:
+    from trainer.train import RunData
 
+log = logging.getLogger(__name__)
 
-def standardised_mean(states: np.ndarray) -> np.ndarray:
-    """Mean over frames of each frame standardised over its channels (LayerNorm without its affine)."""
-    x = np.asarray(states, dtype=np.float32)
-    x = x - x.mean(axis=1, keepdims=True)
-    x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + LAYER_NORM_EPS)
-    return x.mean(axis=0)
+STREAM_ORDERS = ("shuffled", "grouped")
 
 
 def clip_means(view: CachedView, indices: Sequence[int]) -> np.ndarray:
@@ -55,8 +59,13 @@ def speaker_offsets(clips: Sequence[Clip], indices: Sequence[int], means: np.nda
         np.zeros((0, means.shape[1]), dtype=np.float32)
 
 
-STREAM_ORDERS = ("shuffled", "grouped")
-FRAMES_PER_S = 50.0  # encoder frames (20 ms)
+def clip_offsets(means: np.ndarray, frames: np.ndarray, reference: np.ndarray, prior_s: float) -> np.ndarray:
+    """(N, D) offsets that centre each clip on its own mean, shrunk toward the reference:
+    ``n / (n + prior) * (m - reference)``, ``n`` the clip's frames. Uses nothing but the clip (zero-shot)."""
+    if prior_s < 0:
+        raise ValueError(f"prior_s must be >= 0 seconds, got {prior_s}")
+    n = np.asarray(frames, dtype=np.float64)[:, None]
+    return (n / (n + prior_s * FRAMES_PER_S) * (means - reference)).astype(np.float32)
 
 
 def stream_offsets(clips: Sequence[Clip], indices: Sequence[int], means: np.ndarray, frames: np.ndarray,
@@ -97,3 +106,56 @@ def stream_offsets(clips: Sequence[Clip], indices: Sequence[int], means: np.ndar
             total += means[r] * float(frames[r])
             seen += float(frames[r])
     return offsets, history
+
+
+def training_reference(data: RunData, corpora: Sequence[str] | None) -> tuple[np.ndarray, int]:
+    """The mean of every usable clip's ``standardised_mean`` over ``corpora`` (None: every corpus), and the
+    number of clips it averages."""
+    rows = [i for i in data.usable if corpora is None or data.manifest.clips[i].corpus in corpora]
+    if not rows:
+        raise ValueError(f"no usable clip of the corpora {sorted(corpora or [])} in {data.manifest.path}")
+    return data.speaker_means()[rows].mean(axis=0), len(rows)
+
+
+def add_reference(model_dir: Path, config: TrainConfig, manifest: str | Path) -> ModelMeta:
+    """Write ``speaker_norm = {reference, trained: false}`` into an existing model's ``model.json`` (the weights
+    file is not touched), the
+    reference taken over the manifest's clips of the corpora the model was trained on."""
+    meta, tensors = load_checkpoint(model_dir)
+    if meta.speaker_norm is not None and meta.speaker_norm["trained"]:
+        raise ValueError(f"{model_dir}: trained with normalize: speaker; its reference comes from its training")
+    if meta.finetuned_layers or meta.encoder_layers != config.encoder_layers or config.trainable_layers:
+        raise ValueError(f"{model_dir}: the reference is read from the frozen-layer cache, which needs a model "
+                         f"with every encoder layer frozen and encoder_layers {config.encoder_layers} as in the "
+                         f"recipe (model: {meta.encoder_layers}, fine-tuned {meta.finetuned_layers})")
+    from trainer.train import prepare  # trainer.train imports this module
+
+    data = prepare(config, manifest)
+    corpora = sorted(meta.training.get("corpora") or []) or None
+    reference, count = training_reference(data, corpora)
+    log.info("reference over %d clips of %s", count, corpora or "every corpus")
+    meta.speaker_norm = {"reference": [float(v) for v in reference], "trained": False}
+    update_meta(model_dir, meta, tensors)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.speaker_norm", description="Add the stream "
+                                     "adaptation reference (edge_ser.centring) to a model trained without it.")
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint folder, rewritten in place")
+    parser.add_argument("--config", default=None, help="recipe YAML (the cache key depends on it)")
+    parser.add_argument("--manifest", required=True, help="the manifest the model was trained from")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        meta = add_reference(args.model, load_config(args.config, args.overrides), args.manifest)
+    except (CheckpointError, ConfigError, ManifestError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(f"{args.model}: speaker_norm reference over {sorted(meta.training.get('corpora') or ['every corpus'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from edge_ser.audio import load_audio
 from edge_ser.backends import Ct2EngineConfig, EngineConfig, FrameScores, TorchEngineConfig, make_engine
+from edge_ser.centring import CentringConfig, StreamCentring
 from edge_ser.checkpoint import ModelMeta, read_meta
 from edge_ser.features import FeatureParams, log_mel
 from edge_ser.pipeline import GAP_TICK_S
@@ -103,6 +104,8 @@ class StreamEvalConfig(BaseModel):
     tolerance_s: float = Field(1.0, gt=0, description="A reported shift within this many seconds of a true "
                                                        "boundary is correct.")
     block_s: float = Field(0.1, gt=0, le=2.0, description="Audio block length fed to the VAD (the file source's).")
+    centring: CentringConfig = Field(default_factory=CentringConfig, description="Stream adaptation, as the "
+                                     "agent's (edge_ser.centring); each window centred on all earlier windows.")
 
 
 # --- streams ------------------------------------------------------------------------------------------
@@ -165,11 +168,14 @@ class LazyEngine:
         self.meta: ModelMeta = read_meta(self.model_dir)
         self.labels = tuple(self.meta.labels)
         self.params = FeatureParams(**self.meta.features)
+        norm = self.meta.speaker_norm
+        self.centring_reference = None if norm is None else np.asarray(norm["reference"], dtype=np.float32)
         self.calls = 0
         self.windows = 0
         self._engine: Any = None
 
-    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
+              ) -> list[FrameScores]:
         if self._engine is None:
             self._engine = make_engine(self.config, self.model_dir, self.base_dir)
         out: list[FrameScores] = []
@@ -177,7 +183,7 @@ class LazyEngine:
             batch = mels[first:first + ENGINE_BATCH]
             self.calls += 1
             self.windows += len(batch)
-            out += self._engine.infer(batch)
+            out += self._engine.infer(batch, None if offsets is None else offsets[first:first + ENGINE_BATCH])
         return out
 
     def fingerprint(self) -> dict[str, Any]:
@@ -294,9 +300,11 @@ def run_stages(stream_id: str, audio: np.ndarray, vad: VadConfig, windows: Windo
 def window_track(stream: ShiftStream, engine: LazyEngine, config: StreamEvalConfig, cache: ScoreCache,
                  audio: np.ndarray | None = None) -> WindowTrack:
     """The stream's window probabilities for ``config``'s VAD and windows, from the cache when it has them."""
+    reference = engine.centring_reference if config.centring.enabled else None
     fingerprint = {"kind": "windows", "version": CACHE_VERSION, "audio_sha256": _sha256(stream.audio_path),
                    "vad": config.vad.model_dump(mode="json"), "windows": config.windows.model_dump(mode="json"),
-                   "block_s": config.block_s, "gap_tick_s": GAP_TICK_S, **engine.fingerprint()}
+                   "block_s": config.block_s, "gap_tick_s": GAP_TICK_S, **engine.fingerprint(),
+                   "centring": None if reference is None else config.centring.model_dump(mode="json")}
     name = f"{stream.name}.w{config.windows.window_s:g}-h{config.windows.hop_s:g}"
     cached = cache.load(name, fingerprint)
     if cached is not None:
@@ -304,7 +312,10 @@ def window_track(stream: ShiftStream, engine: LazyEngine, config: StreamEvalConf
     if audio is None:
         audio = load_audio(stream.audio_path)
     events, windows, end_t = run_stages(stream.name, audio, config.vad, config.windows, config.block_s)
-    scores = engine.infer([log_mel(w.samples, engine.params) for w in windows]) if windows else []
+    mels = [log_mel(w.samples, engine.params) for w in windows]
+    scores = engine.infer(mels) if windows else []
+    if reference is not None and windows:  # the feature means do not depend on the offsets: score again
+        scores = engine.infer(mels, stream_offsets(windows, scores, config.centring, reference))
     probs = np.stack([s.clip_probs() for s in scores]) if scores else np.zeros((0, len(engine.labels)), np.float32)
     track = WindowTrack(
         labels=engine.labels,
@@ -317,6 +328,19 @@ def window_track(stream: ShiftStream, engine: LazyEngine, config: StreamEvalConf
     )
     cache.save(name, fingerprint, track.arrays())
     return track
+
+
+def stream_offsets(windows: Sequence[Window], scores: Sequence[FrameScores], config: CentringConfig,
+                   reference: np.ndarray) -> list[np.ndarray | None]:
+    """Each window's stream adaptation offset, as the agent's pipeline gives it when every earlier window's
+    result is in (the live agent may be a batch behind)."""
+    centring = StreamCentring(config, reference)
+    offsets = []
+    for window, score in zip(windows, scores, strict=True):
+        offsets.append(centring.offset(window.t0))
+        if score.feature_mean is not None:
+            centring.push(score.feature_mean, window.segment_id, window.t0, window.t1)
+    return offsets
 
 
 def clip_logits(stream: ShiftStream, engine: LazyEngine, cache: ScoreCache,
@@ -600,6 +624,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="smoother field override, e.g. min_dwell_s=2 (repeatable)")
     g.add_argument("--label-space", choices=["model", "4class"], default=None,
                    help="smooth over all model labels (default, as the agent) or the 4 protocol classes")
+    g.add_argument("--no-centring", action="store_true", help="score every window on its own (no stream "
+                   "adaptation, edge_ser.centring; the agent's default adapts)")
     g.add_argument("--cache-dir", default=None,
                    help="engine score cache (default: <out stem>.cache next to --out; 'none' disables it)")
     g.add_argument("--plot", default=None, metavar="DIR", help="write one timeline PNG per stream here")
@@ -613,7 +639,7 @@ def config_from_args(args: argparse.Namespace) -> StreamEvalConfig:
         raw = yaml.safe_load(Path(args.agent_config).read_text(encoding="utf-8")) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{args.agent_config}: the top level must be a mapping")
-        data = {k: raw[k] for k in ("engine", "vad", "windows", "smoothing") if k in raw}
+        data = {k: raw[k] for k in ("engine", "vad", "windows", "smoothing", "centring") if k in raw}
     engine = dict(data.get("engine") or {})
     if args.engine:
         engine = {"type": args.engine}
@@ -642,6 +668,8 @@ def config_from_args(args: argparse.Namespace) -> StreamEvalConfig:
     data["smoothing"] = smoothing
     if args.label_space:
         data["label_space"] = args.label_space
+    if args.no_centring:
+        data["centring"] = {**(data.get("centring") or {}), "enabled": False}
     try:
         return StreamEvalConfig.model_validate(data)
     except ValidationError as exc:

@@ -464,7 +464,7 @@ def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: Ru
                   "epoch": epoch, "config": config.model_dump(mode="json"),
                   "label_map": data.labels.config.model_dump(mode="json")},
         metrics={"dev_4class": {k: best[k] for k in ("ua", "macro_f1", "wa")}},
-        speaker_norm=None if reference is None else {"reference": [float(v) for v in reference]},
+        speaker_norm=None if reference is None else {"reference": [float(v) for v in reference], "trained": True},
     )
     save_checkpoint(folder, meta, checkpoint_tensors(model, finetuned))
 

@@ -2,7 +2,9 @@
 
 An engine takes a batch of log-mel windows of any (even) length and returns, per window, the per-frame
 class logits (20 ms frames) and the per-frame pooling weights; turning them into clip probabilities or
-per-second scores happens here, outside the engine, identically for every backend.
+per-second scores happens here, outside the engine, identically for every backend. For a model with a
+``speaker_norm`` reference it also takes each window's stream offset and returns each window's mean of
+standardised features (``edge_ser.centring``: stream adaptation).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class FrameScores:
 
     logits: np.ndarray
     weights: np.ndarray
+    feature_mean: np.ndarray | None = None  # (D,) edge_ser.centring.standardised_mean, before any offset
 
     def clip_logits(self) -> np.ndarray:
         return self.weights @ self.logits
@@ -56,10 +59,19 @@ class Engine(ABC):
     labels: tuple[str, ...]
     model_id: str
     concurrency: int = 1
+    supports_offsets: bool = True  # takes stream offsets (stream adaptation, edge_ser.centring)
 
     @abstractmethod
-    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
-        """Score a batch of log-mel windows, each (n_mels, frames) with an even frame count <= 3000."""
+    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
+              ) -> list[FrameScores]:
+        """Score a batch of log-mel windows, each (n_mels, frames) with an even frame count <= 3000;
+        ``offsets``: per window, None or the (D,) stream offset its features are centred by."""
+
+    @property
+    def centring_reference(self) -> np.ndarray | None:
+        """The model's training mean of standardised features (stream adaptation), or None."""
+        norm = self.meta.speaker_norm
+        return None if norm is None else np.asarray(norm["reference"], dtype=np.float32)
 
     def warmup(self, seconds: Sequence[float] = (2.0, 1.0)) -> None:
         """Run the engine once per window length so the first real window is not slow."""
@@ -76,3 +88,19 @@ def group_by_length(mels: Sequence[np.ndarray]) -> dict[int, list[int]]:
             raise ValueError(f"window {index}: expected (n_mels, even frames <= 3000), got shape {mel.shape}")
         groups.setdefault(mel.shape[1], []).append(index)
     return groups
+
+
+def check_offsets(offsets: Sequence[np.ndarray | None] | None, count: int, width: int) -> list[np.ndarray | None]:
+    """``offsets`` as a list of ``count`` entries, each None or a finite (width,) float32 array."""
+    if offsets is None:
+        return [None] * count
+    if len(offsets) != count:
+        raise ValueError(f"{len(offsets)} offsets for {count} windows")
+    out: list[np.ndarray | None] = []
+    for index, offset in enumerate(offsets):
+        if offset is not None:
+            offset = np.asarray(offset, dtype=np.float32)
+            if offset.shape != (width,) or not np.all(np.isfinite(offset)):
+                raise ValueError(f"window {index}: offset must be finite with shape ({width},), got {offset.shape}")
+        out.append(offset)
+    return out

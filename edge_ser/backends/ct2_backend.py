@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ser.backends.base import Engine, FrameScores, group_by_length
+from edge_ser.backends.base import Engine, FrameScores, check_offsets, group_by_length
 from edge_ser.backends.numpy_head import NumpyHead
 from edge_ser.checkpoint import load_checkpoint
 
@@ -104,12 +104,14 @@ class Ct2Engine(Engine):
                  meta.model_id, folder, compute_type, device, self.cpu_isa or "ctranslate2's choice", inter,
                  intra or "default")
 
-    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
+              ) -> list[FrameScores]:
+        shifts = check_offsets(offsets, len(mels), len(self.head.gamma))
         results: dict[int, FrameScores] = {}
         for indices in group_by_length(mels).values():
             batch = np.ascontiguousarray(np.stack([mels[i] for i in indices]), dtype=np.float32)
             encoded = self.whisper.encode(self._ct2.StorageView.from_array(batch), to_cpu=True)
             features = np.asarray(encoded, dtype=np.float32)
             for row, index in enumerate(indices):
-                results[index] = self.head(features[row])
+                results[index] = self.head(features[row], shifts[index])
         return [results[i] for i in range(len(mels))]

@@ -1,11 +1,13 @@
-"""The emotion head (final LayerNorm + per-frame MLP + pooling weights) in numpy, for engines that run
-only the encoder (CTranslate2 returns normalised encoder states). Mirrors ``edge_ser.model.EmotionHead``."""
+"""The emotion head (per-frame MLP + pooling weights) in numpy, for engines that run only the encoder
+(CTranslate2 returns the final LayerNorm's output). Mirrors ``edge_ser.model.EmotionHead``; also applies a
+stream's offset and measures the window's mean of standardised features (``edge_ser.centring``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from edge_ser.backends.base import FrameScores
+from edge_ser.centring import standardised_mean
 from edge_ser.checkpoint import ModelMeta
 
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))  # a Python float: keeps float32 arrays in float32 (NEP 50)
@@ -41,12 +43,19 @@ class NumpyHead:
         self.att_b = tensors.get("head.attention.bias")
         prior = meta.class_log_prior
         self.log_prior = np.zeros(len(meta.labels), np.float32) if prior is None else np.asarray(prior, np.float32)
+        self.gamma = tensors["norm.weight"].astype(np.float32)
+        self.beta = tensors["norm.bias"].astype(np.float32)
+        self.measure = meta.speaker_norm is not None  # stream adaptation: report each window's feature mean
 
-    def __call__(self, features: np.ndarray) -> FrameScores:
+    def __call__(self, features: np.ndarray, offset: np.ndarray | None = None) -> FrameScores:
+        """Scores for one window's normalised features (frames, d_model), centred by ``offset`` (d_model,)."""
+        mean = standardised_mean(features, self.gamma, self.beta) if self.measure else None
+        if offset is not None:
+            features = features - self.gamma * offset
         hidden = _gelu_tanh(features @ self.fc1_w + self.fc1_b)
         logits = hidden @ self.fc2_w + self.fc2_b - self.log_prior
         if self.att_w is None or self.att_b is None:
             weights = np.full(len(features), 1.0 / len(features), np.float32)
         else:
             weights = _softmax((hidden @ self.att_w + self.att_b)[:, 0]).astype(np.float32)
-        return FrameScores(logits=logits.astype(np.float32), weights=weights)
+        return FrameScores(logits=logits.astype(np.float32), weights=weights, feature_mean=mean)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ser.backends.base import Engine, FrameScores, group_by_length
+from edge_ser.backends.base import Engine, FrameScores, check_offsets, group_by_length
+from edge_ser.centring import standardised_mean
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,32 @@ class TorchEngine(Engine):
         log.info("torch engine: model %s, %d encoder layers, device %s", self.model_id,
                  self.meta.encoder_layers, self.device)
 
-    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
+              ) -> list[FrameScores]:
         torch = self._torch
+        norm = self.model.norm
+        shifts = check_offsets(offsets, len(mels), norm.weight.shape[0])
+        measure = self.meta.speaker_norm is not None
         results: list[FrameScores | None] = [None] * len(mels)
         with torch.inference_mode():
             for indices in group_by_length(mels).values():
                 batch = torch.from_numpy(np.stack([mels[i] for i in indices])).to(self.device)
                 feats = self.model.features(batch)
+                means = [None] * len(indices)
+                if measure:
+                    gamma, beta = norm.weight.float().cpu().numpy(), norm.bias.float().cpu().numpy()
+                    host = feats.float().cpu().numpy()
+                    means = [standardised_mean(host[row], gamma, beta) for row in range(len(indices))]
+                if any(shifts[i] is not None for i in indices):
+                    offset = np.stack([np.zeros(feats.shape[-1], np.float32) if shifts[i] is None else shifts[i]
+                                       for i in indices])
+                    feats = feats - norm.weight * torch.from_numpy(offset).to(feats)[:, None, :]
                 valid = torch.ones(feats.shape[:2], dtype=torch.bool, device=self.device)
                 frame_logits, weights, _ = self.model.head.frame_outputs(feats, valid)
                 frame_logits = frame_logits - self.model.log_prior
                 for row, index in enumerate(indices):
                     results[index] = FrameScores(
-                        logits=frame_logits[row].float().cpu().numpy(), weights=weights[row].float().cpu().numpy()
+                        logits=frame_logits[row].float().cpu().numpy(), weights=weights[row].float().cpu().numpy(),
+                        feature_mean=means[row],
                     )
         return [r for r in results if r is not None]

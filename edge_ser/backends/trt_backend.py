@@ -81,6 +81,8 @@ def engine_fingerprint(torch: Any, torch_tensorrt: Any, model_id: str, weights_s
 class TrtEngine(Engine):
     """The model compiled by torch-tensorrt; windows of one length share a call (batch <= ``max_batch``)."""
 
+    supports_offsets = False  # the compiled program is mel -> scores; stream adaptation is not compiled in
+
     def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, precision: str = "float16",
                  max_batch: int = 32, max_window_s: float = 8.0) -> None:
         torch, torch_tensorrt = import_tensorrt()
@@ -143,7 +145,10 @@ class TrtEngine(Engine):
         path.with_suffix(".json").write_text(json.dumps({**wanted, "program_sha256": sha256_file(path)}, indent=2))
         return program
 
-    def infer(self, mels: Sequence[np.ndarray]) -> list[FrameScores]:
+    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
+              ) -> list[FrameScores]:
+        if offsets is not None and any(o is not None for o in offsets):
+            raise ValueError("tensorrt engine: stream adaptation is not compiled in; set centring.enabled: false")
         torch = self._torch
         results: list[FrameScores | None] = [None] * len(mels)
         for frames, indices in group_by_length(mels).items():

@@ -1,0 +1,102 @@
+"""How much per-clip and per-speaker centring of the encoder features moves LOCO's held-out UA.
+
+Scores every fold of one or more LOCO runs (``trainer.loco`` folders) again, as ``trainer.loco --rescore``
+does, once per centring setting of ``trainer.loco.Centring`` (trainer/speaker_norm.py):
+
+* ``none``: the zero-shot figure (a run trained with ``normalize: speaker`` is centred per speaker here);
+* ``clip, prior P s``: each clip on its own mean, shrunk toward the training mean with P seconds (zero-shot);
+* ``speaker``: each held-out speaker on their mean over all their clips (speaker-adaptive, transductive);
+* ``stream[-grouped], prior P s``: causal, each clip on the mean of the speaker's earlier clips, replayed in
+  a seeded order (``grouped``: each emotion's clips in a row, the worst case for a running mean).
+
+Prints one markdown table per run (4-class UA per held-out corpus, and the mean) and, for the stream
+settings, the mean UA by how much of the speaker the stream had heard before the clip (in brackets: over how
+many corpora; a corpus with no clip in a bin does not count there).
+
+    python benchmarks/centring_sweep.py --config configs/train-cpu.yaml --manifest ../shared/data/manifest.csv \\
+        --set label_mode=hard --set views=1 --set threads=1 runs/loco-v2-s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from trainer.config import load_config
+from trainer.loco import Centring, rescore_fold
+from trainer.train import prepare
+
+SETTINGS: list[tuple[str, Centring]] = [
+    ("none", Centring("none")),
+    ("clip, prior 0 s", Centring("clip", prior_s=0.0)),
+    ("clip, prior 2 s", Centring("clip", prior_s=2.0)),
+    ("clip, prior 10 s", Centring("clip", prior_s=10.0)),
+    ("speaker (all the speaker's clips)", Centring("speaker")),
+    ("stream, prior 0 s", Centring("stream", prior_s=0.0)),
+    ("stream, prior 10 s", Centring("stream", prior_s=10.0)),
+    ("stream, prior 30 s", Centring("stream", prior_s=30.0)),
+    ("stream-grouped, prior 10 s", Centring("stream-grouped", prior_s=10.0)),
+    ("stream-grouped, prior 30 s", Centring("stream-grouped", prior_s=30.0)),
+]
+
+
+def _history_name(bounds: list[float | None]) -> str:
+    low, high = bounds
+    return "none" if low == 0 else f"{low:.0f}-{high:.0f} s" if high is not None else f">= {low:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="LOCO run folders (fold-<corpus>/model in each)")
+    parser.add_argument("--config", default=None, help="the runs' recipe YAML")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="the runs' recipe overrides (the cache key depends on them)")
+    parser.add_argument("--folds", default=None, help="comma-separated held-out corpora (default: every fold)")
+    parser.add_argument("--json", type=Path, default=None, help="also write {run: {setting: {corpus: UA}}}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    config = load_config(args.config, args.overrides)
+    data = prepare(config, args.manifest)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for run in args.runs:
+        corpora = sorted(f.name.removeprefix("fold-") for f in run.glob("fold-*") if (f / "model").is_dir())
+        if args.folds:
+            corpora = [c for c in corpora if c in args.folds.split(",")]
+        if not corpora:
+            raise SystemExit(f"{run}: no fold-*/model folders")
+        table: dict[str, dict[str, float]] = {name: {} for name, _ in SETTINGS}
+        curves: dict[str, dict[str, list[float]]] = {}
+        for corpus in tqdm(corpora, desc=str(run), unit="fold"):
+            for name, centring in SETTINGS:
+                row = rescore_fold(config, data, corpus, run / f"fold-{corpus}", False, centring)
+                table[name][corpus] = float(row["4class"]["ua"])
+                for entry in row.get("adaptation", []):
+                    if entry["ua"] is not None:
+                        curves.setdefault(name, {}).setdefault(_history_name(entry["history_s"]), []).append(
+                            float(entry["ua"]))
+        results[str(run)] = table
+        print(f"### {run}\n\n| centring | " + " | ".join(corpora) + " | **mean UA** |\n|---|" +
+              "---|" * (len(corpora) + 1))
+        for name, row in table.items():
+            print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in corpora) +
+                  f" | **{np.mean(list(row.values())):.3f}** |")
+        print("\nstream settings, mean 4-class UA over corpora by the speaker audio heard before the clip:\n")
+        bins = list(dict.fromkeys(b for by_bin in curves.values() for b in by_bin))
+        print("| centring | " + " | ".join(bins) + " |\n|---|" + "---|" * len(bins))
+        for name, by_bin in curves.items():
+            cells = [f"{np.mean(by_bin[b]):.3f} ({len(by_bin[b])})" if b in by_bin else "-" for b in bins]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

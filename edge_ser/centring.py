@@ -1,0 +1,101 @@
+"""Stream adaptation: centre each stream's encoder features on the mean of what it has said so far.
+
+What most separates one speaker or recording setup from another in the encoder features is a constant
+offset, and that offset is what the emotion head confuses with emotion on corpora it never saw. A stream
+that carries one speaker (a microphone in a room, one call) can learn it without labels: the running mean
+of its speech features. The head then reads ``features - gamma * w * (m - reference)``, with ``m`` the
+stream's mean of LayerNorm-standardised frames (before the final LayerNorm's affine ``gamma``, ``beta``),
+``reference`` the same mean over the model's training data (``ModelMeta.speaker_norm``), and
+``w = n / (n + prior)`` the shrinkage toward no change while the stream has said little (``n`` frames heard).
+
+Windows are centred on what the stream said *before* them (causal): its first window is scored as the
+model would score it without adaptation. Each window adds the frames it brings that the previous window of
+its segment did not (overlapping windows do not count audio twice). A silence longer than ``reset_after_s``
+starts over (a new caller on the line). Measured on LOCO's held-out corpora (docs/ablations.md, "Stream
+adaptation"), replaying each speaker's clips in order: this is the figure that applies to a stream that
+carries one speaker; a stream whose speakers alternate quickly gets less from it.
+
+Pure and synchronous (``offset`` / ``push`` / ``reset``), numpy only; the pipeline keeps one per stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+FRAMES_PER_S = 50.0  # encoder frames (20 ms)
+LAYER_NORM_EPS = 1e-5
+
+
+class CentringConfig(BaseModel):
+    """Stream adaptation settings (the ``centring`` section of the agent config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Centre each stream's features on its own running mean (needs a "
+                          "model with a speaker_norm reference; a model without one is scored as is, with a "
+                          "warning). false: every window is scored on its own, as in the zero-shot benchmark.")
+    prior_s: float = Field(10.0, ge=0, le=3600, description="Seconds of speech the running mean is shrunk "
+                           "toward no change with: after prior_s seconds of speech the stream's own mean has "
+                           "half the say.")
+    reset_after_s: float | None = Field(300.0, gt=0, description="A silence (no scored window) longer than this "
+                                        "many seconds starts the stream's mean over. null: never.")
+
+
+def standardised_mean(features: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """Mean over frames of each frame standardised over its channels (LayerNorm without its affine).
+
+    ``features`` (frames, D) are raw encoder states; with ``gamma`` and ``beta`` they are the final
+    LayerNorm's output instead, whose affine is undone first."""
+    x = np.asarray(features, dtype=np.float32)
+    if gamma is not None and beta is not None:
+        return ((x - beta) / gamma).mean(axis=0)
+    x = x - x.mean(axis=1, keepdims=True)
+    x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + LAYER_NORM_EPS)
+    return x.mean(axis=0)
+
+
+class StreamCentring:
+    """One stream's running mean of standardised features, and the offset each new window is centred by."""
+
+    def __init__(self, config: CentringConfig, reference: np.ndarray) -> None:
+        self.config = config
+        self.reference = np.asarray(reference, dtype=np.float64)
+        self._prior = config.prior_s * FRAMES_PER_S
+        self.reset()
+
+    def reset(self) -> None:
+        self._total = np.zeros_like(self.reference)
+        self._frames = 0.0
+        self._last_t: float | None = None
+        self._until: tuple[int, float] = (-1, 0.0)  # (segment, end) of the audio already in the mean
+
+    @property
+    def heard_s(self) -> float:
+        """Seconds of speech the running mean holds."""
+        return self._frames / FRAMES_PER_S
+
+    def offset(self, t0: float) -> np.ndarray | None:
+        """The offset (D,) for a window starting at ``t0`` (stream seconds); None before any speech."""
+        limit = self.config.reset_after_s
+        if self._last_t is not None and limit is not None and t0 - self._last_t > limit:
+            self.reset()
+        if self._frames == 0:
+            return None
+        mean = self._total / self._frames
+        return (self._frames / (self._frames + self._prior) * (mean - self.reference)).astype(np.float32)
+
+    def push(self, feature_mean: np.ndarray, segment_id: int, t0: float, t1: float) -> None:
+        """Add a scored window's ``feature_mean``, weighted by the seconds of ``t0..t1`` that the windows of its
+        segment already in the mean did not cover (windows overlap; each second of speech counts once)."""
+        if feature_mean.shape != self.reference.shape:
+            raise ValueError(f"feature mean has shape {feature_mean.shape}; the reference {self.reference.shape}")
+        segment, end = self._until
+        same = segment == segment_id
+        frames = (t1 - (max(t0, end) if same else t0)) * FRAMES_PER_S
+        if frames > 0 and np.all(np.isfinite(feature_mean)):
+            self._total += frames * feature_mean
+            self._frames += frames
+        self._until = (segment_id, max(t1, end) if same else t1)
+        self._last_t = t1 if self._last_t is None else max(self._last_t, t1)
