@@ -3,7 +3,8 @@
 Scores every fold of one or more LOCO runs (``trainer.loco`` folders) again, as ``trainer.loco --rescore``
 does, once per centring setting of ``trainer.loco.Centring`` (trainer/speaker_norm.py):
 
-* ``none``: the zero-shot figure (a run trained with ``normalize: speaker`` is centred per speaker here);
+* ``none``: each clip as it is, the zero-shot figure (for a run trained with ``normalize: speaker``: how it
+  scores a speaker it has heard nothing of yet);
 * ``clip, prior P s``: each clip on its own mean, shrunk toward the training mean with P seconds (zero-shot);
 * ``speaker``: each held-out speaker on their mean over all their clips (speaker-adaptive, transductive);
 * ``stream[-grouped], prior P s``: causal, each clip on the mean of the speaker's earlier clips, replayed in
@@ -59,11 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the runs' recipe overrides (the cache key depends on them)")
     parser.add_argument("--folds", default=None, help="comma-separated held-out corpora (default: every fold)")
     parser.add_argument("--json", type=Path, default=None, help="also write {run: {setting: {corpus: UA}}}")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also plot each run's stream "
+                        "settings' UA by speaker audio heard, against no centring and whole-speaker centring")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     config = load_config(args.config, args.overrides)
     data = prepare(config, args.manifest)
     results: dict[str, dict[str, dict[str, float]]] = {}
+    plotted: dict[str, tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]] = {}
     for run in args.runs:
         corpora = sorted(f.name.removeprefix("fold-") for f in run.glob("fold-*") if (f / "model").is_dir())
         if args.folds:
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         curves.setdefault(name, {}).setdefault(_history_name(entry["history_s"]), []).append(
                             float(entry["ua"]))
         results[str(run)] = table
+        plotted[str(run)] = (table, curves)
         print(f"### {run}\n\n| centring | " + " | ".join(corpora) + " | **mean UA** |\n|---|" +
               "---|" * (len(corpora) + 1))
         for name, row in table.items():
@@ -95,7 +100,39 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot:
+        plot_curves(plotted, args.plot)
+        print(f"plot: {args.plot}")
     return 0
+
+
+def plot_curves(runs: dict[str, tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]],
+                path: Path) -> None:
+    """One panel per run: mean UA over corpora per history bin for each stream setting, with the run's
+    uncentred and whole-speaker mean UA as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.5), squeeze=False, sharey=True)
+    for ax, (run, (table, curves)) in zip(axes[0], runs.items(), strict=True):
+        bins = list(dict.fromkeys(b for by_bin in curves.values() for b in by_bin))
+        for name, by_bin in curves.items():
+            ax.plot(range(len(bins)), [np.mean(by_bin[b]) if b in by_bin else np.nan for b in bins], marker="o",
+                    label=name)
+        for name, style in (("none", ":"), ("speaker (all the speaker's clips)", "--")):
+            ax.axhline(np.mean(list(table[name].values())), color="grey", linestyle=style, label=f"{name} (all clips)")
+        ax.set_xticks(range(len(bins)), bins)
+        ax.set_xlabel("speaker audio heard before the clip")
+        ax.set_title(run, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("4-class UA, mean over held-out corpora")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

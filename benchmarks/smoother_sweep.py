@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_ser.backends import Ct2EngineConfig
+from edge_ser.centring import CentringConfig
 from edge_ser.smoothing import parse_smoother_config
 from edge_ser.vad import VadConfig
 from edge_ser.windows import WindowConfig
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoothers", default=None, metavar="NAME;NAME",
                         help="';'-separated names of SMOOTHERS to replay (default: all)")
     parser.add_argument("--top", type=int, default=None, help="rows per table in sweep.md (default: all)")
+    parser.add_argument("--no-centring", action="store_true", help="score windows without stream adaptation "
+                        "(edge_ser.centring); with it (the agent's default) a fold model needs its speaker_norm "
+                        "reference: python -m trainer.speaker_norm --model LOCO/fold-C/model ...")
     parser.add_argument("--model", default=None,
                         help="score every corpus with this one model instead of its fold model (an in-domain "
                              "reference when the model saw those corpora; not a LOCO result)")
@@ -215,9 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         streams = build_and_load(args.manifest, out / "streams" / corpus,
                                  StreamBuildConfig(n=args.n, seed=args.seed, corpora=(corpus,)))
         engine = LazyEngine(model, engine_config)
+        if not args.no_centring and engine.centring_reference is None:
+            log.warning("%s: no speaker_norm reference: scored without stream adaptation", model)
         cache = ScoreCache(out / "cache" / corpus)
         for name, (vad, windows) in setups.items():
-            config = StreamEvalConfig(engine=engine_config, vad=VadConfig(**vad), windows=WindowConfig(**windows))
+            config = StreamEvalConfig(engine=engine_config, vad=VadConfig(**vad), windows=WindowConfig(**windows),
+                                      centring=CentringConfig(enabled=not args.no_centring))
             scored[name][corpus] = score_streams(streams, engine, config, cache)
         engine_windows += engine.windows
         log.info("%s: fold model %s, %d streams, %d windows/clips run by the engine", corpus, model, len(streams),

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,40 @@ def test_evaluate_cli_writes_eval_json_and_matches_the_cache(workspace: dict[str
     assert np.allclose(cached, decoded, atol=0.05)
     # the frame head's clip score is the plain mean of its frame logits (what per-second scores average)
     assert np.allclose(predict_cached(model, data.cache.views[0], some, 3, frame_mean=True), cached, atol=1e-4)
+
+
+def test_evaluate_with_stream_adaptation_matches_the_cached_stream_replay(workspace: dict[str, Path]) -> None:
+    """``trainer.evaluate --adapt`` (audio through the runtime engine, two passes) gives the logits the
+    frozen-layer cache gives for the same replay (what ``trainer.loco --centre stream`` scores); a model
+    without a reference is refused."""
+    from edge_ser.backends.torch_backend import TorchEngine
+    from trainer.evaluate import Adaptation, adapted_logits, evaluate
+    from trainer.speaker_norm import add_reference, stream_offsets
+
+    model_dir = workspace["root"] / "with-reference"
+    shutil.copytree(workspace["run"] / "model", model_dir)
+    with pytest.raises(ValueError, match="has no speaker_norm reference"):
+        evaluate(model_dir, workspace["manifest"], adapt=Adaptation())
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", [f"cache_dir={workspace['cache']}", "views=2",
+                                                                f"labels={ROOT / 'configs' / 'labels.yaml'}"])
+    meta = add_reference(model_dir, config, workspace["manifest"])
+    assert meta.speaker_norm is not None and not meta.speaker_norm["trained"]
+    data = prepare(config, workspace["manifest"])
+    clips = data.manifest.clips
+    engine = TorchEngine(model_dir)
+    adapted, problems = adapted_logits(engine, clips, Adaptation(prior_s=0.0, seed=3), 30.0, FeatureParams())
+    assert not problems
+    rows = np.asarray(data.usable)
+    offsets, history = stream_offsets(clips, data.usable, data.speaker_means()[rows], data.cache.views[0].length[rows],
+                                      engine.centring_reference, 0.0, 3)
+    model, _ = build_model_from_checkpoint(model_dir)
+    cached = predict_cached(model, data.cache.views[0], data.usable, 3, offsets=offsets)
+    assert np.allclose(adapted[rows], cached, atol=0.05)
+    plain = predict_cached(model, data.cache.views[0], data.usable, 3)
+    assert np.abs(cached - plain)[history > 0].max() > 0.1  # clips after the first of their speaker moved
+    assert np.allclose(cached[history == 0], plain[history == 0], atol=1e-5)  # first clips: nothing heard yet
+    result = evaluate(model_dir, workspace["manifest"], adapt=Adaptation("grouped", 5.0, 1))
+    assert result["adaptation"] == {"order": "grouped", "prior_s": 5.0, "seed": 1}
 
 
 def test_a_model_trained_on_trimmed_inputs_keeps_trimming_them(workspace: dict[str, Path]) -> None:

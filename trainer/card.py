@@ -89,6 +89,13 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         "frame logits.",
         f"* Features: Whisper log-mel {meta.features}, at the input's actual length.",
         f"* Class-prior correction: {'yes' if meta.class_log_prior else 'no'}.",
+        *([] if meta.speaker_norm is None else [
+            "* Stream adaptation: `speaker_norm.reference` holds the training clips' mean of standardised encoder "
+            "features; the agent centres each stream on its own running mean against it (`edge_ser.centring`, "
+            "docs/ablations.md \"Stream adaptation\"). " + (
+                "The head was trained on speaker-centred features (`normalize: speaker`): it needs the adaptation."
+                if meta.speaker_norm["trained"] else "The head was trained without it (added by "
+                "`python -m trainer.speaker_norm`); `centring.enabled: false` scores it as trained.")]),
         f"* Weights: `model.safetensors`, sha256 `{meta.weights_sha256}`.",
         "",
         "## Training data",

@@ -17,6 +17,7 @@ languages is assumed: corpora come from the manifest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from trainer.cache import CachedView, pad_mels, prepare_mel, valid_mask
 from trainer.data import Clip, ManifestError, Problem, load_manifest, read_clip
 from trainer.metrics import PROTOCOLS, mean_over_corpora, score
 from trainer.plots import plot_confusion, safe_name
+from trainer.speaker_norm import stream_offsets
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +109,25 @@ def predict_mels(model: EmotionModel, mels: Sequence[np.ndarray], batch_frames: 
     return out
 
 
-def predict_engine(engine: Engine, mels: Sequence[np.ndarray]) -> np.ndarray:
-    """Clip logits (N, C), prior-corrected, from a runtime ``Engine`` (it batches equal lengths itself)."""
-    return np.stack([scores.clip_logits() for scores in engine.infer(mels)]).astype(np.float32)
+def predict_engine(engine: Engine, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None,
+                   means: list[np.ndarray | None] | None = None) -> np.ndarray:
+    """Clip logits (N, C), prior-corrected, from a runtime ``Engine`` (it batches equal lengths itself);
+    ``offsets``: stream adaptation per clip; ``means`` gets each clip's feature mean (edge_ser.centring)."""
+    scores = engine.infer(mels, offsets)
+    if means is not None:
+        means.extend(s.feature_mean for s in scores)
+    return np.stack([s.clip_logits() for s in scores]).astype(np.float32)
 
 
 def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_s: float = 30.0, chunk: int = 256,
                   batch_frames: int = 8192, device: str | torch.device = "cpu",
-                  params: FeatureParams = DEFAULT_PARAMS) -> tuple[np.ndarray, list[Problem]]:
+                  params: FeatureParams = DEFAULT_PARAMS, offsets: np.ndarray | None = None,
+                  measured: dict[int, tuple[np.ndarray, int]] | None = None) -> tuple[np.ndarray, list[Problem]]:
     """Clip logits for decodable clips (rows of bad clips are NaN) and the problems met while decoding;
     ``params`` are the model's feature parameters (``FeatureParams(**meta.features)``);
-    ``model`` is the PyTorch model (padded, masked batches) or a runtime ``Engine``."""
+    ``model`` is the PyTorch model (padded, masked batches) or a runtime ``Engine``. With an ``Engine``:
+    ``offsets`` (N, D) centre each clip (stream adaptation) and ``measured`` gets {clip: (feature mean,
+    encoder frames)}."""
     n_classes = len(model.labels) if isinstance(model, Engine) else model.head.config.n_classes
     logits = np.full((len(clips), n_classes), np.nan, dtype=np.float32)
     problems: list[Problem] = []
@@ -133,7 +143,12 @@ def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_
                 except (AudioError, ValueError) as exc:
                     problems.append(Problem(clips[i].line, f"{clips[i].path}: {exc}"))
             if mels and isinstance(model, Engine):
-                logits[ok] = predict_engine(model, mels)
+                means: list[np.ndarray | None] = []
+                logits[ok] = predict_engine(model, mels, None if offsets is None else list(offsets[ok]), means)
+                if measured is not None:
+                    for i, mel, mean in zip(ok, mels, means, strict=True):
+                        if mean is not None:
+                            measured[i] = (mean, mel.shape[1] // 2)
             elif mels:
                 logits[ok] = predict_mels(model, mels, batch_frames, device)
             bar.update(min(chunk, len(clips) - first))
@@ -167,9 +182,11 @@ def write_report(result: dict[str, Any], out: str | Path) -> list[Path]:
 def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "4class",
              calm_as_neutral: bool = False, skip_bad: bool = False, device: str = "cpu",
              max_clip_s: float = 30.0, base_dir: str | Path | None = None, engine: str = "torch",
-             compute_type: str = "int8", threads: int = 0) -> dict[str, Any]:
+             compute_type: str = "int8", threads: int = 0, adapt: Adaptation | None = None) -> dict[str, Any]:
     """Load the model, score every clip of the manifest, and return EVAL.md's JSON object. ``engine``
-    ``ctranslate2`` scores through the runtime's CTranslate2 backend in ``compute_type``."""
+    ``ctranslate2`` scores through the runtime's CTranslate2 backend in ``compute_type``. ``adapt``: score
+    each speaker's clips as a stream the model adapts to (``adapted_logits``; speaker-adaptive, not the
+    zero-shot figure)."""
     manifest = load_manifest(manifest_path, skip_bad=skip_bad)
     scorer: EmotionModel | Engine
     if engine == "ctranslate2":
@@ -177,19 +194,63 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "
 
         scorer = Ct2Engine(model_dir, base_dir, device=device, compute_type=compute_type, intra_threads=threads)
         meta = scorer.meta
+    elif engine == "torch" and adapt is not None:
+        from edge_ser.backends.torch_backend import TorchEngine
+
+        scorer = TorchEngine(model_dir, base_dir, device=device)
+        meta = scorer.meta
     elif engine == "torch":
         scorer, meta = build_model_from_checkpoint(model_dir, base_dir)
         scorer.to(device)
     else:
         raise ValueError(f"engine {engine!r}: expected 'torch' or 'ctranslate2'")
-    logits, problems = predict_clips(scorer, manifest.clips, max_clip_s=max_clip_s, device=device,
-                                     params=FeatureParams(**meta.features))
+    params = FeatureParams(**meta.features)
+    if adapt is not None and isinstance(scorer, Engine):
+        logits, problems = adapted_logits(scorer, manifest.clips, adapt, max_clip_s, params)
+    else:
+        logits, problems = predict_clips(scorer, manifest.clips, max_clip_s=max_clip_s, device=device,
+                                         params=params)
     if problems and not skip_bad:
         raise ManifestError(Path(manifest_path), problems, hint=" (undecodable audio; pass --skip-bad)")
     if problems:
         log.warning("skipped %d undecodable clips", len(problems))
-    return report(logits, manifest.clips, meta.labels, protocol, calm_as_neutral, str(model_dir),
-                  str(manifest_path))
+    result = report(logits, manifest.clips, meta.labels, protocol, calm_as_neutral, str(model_dir),
+                    str(manifest_path))
+    if adapt is not None:
+        result["adaptation"] = dataclasses.asdict(adapt)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptation:
+    """Stream adaptation in evaluation: each speaker's clips replayed in a seeded order (``grouped``: each
+    emotion's clips in a row), each clip centred on the speaker's earlier clips (trainer/speaker_norm.py)."""
+
+    order: str = "shuffled"
+    prior_s: float = 10.0
+    seed: int = 0
+
+
+def adapted_logits(engine: Engine, clips: Sequence[Clip], adapt: Adaptation, max_clip_s: float,
+                   params: FeatureParams) -> tuple[np.ndarray, list[Problem]]:
+    """Clip logits with stream adaptation: a first pass measures every clip's feature mean (uncentred), a
+    second scores each clip centred on its speaker's earlier clips, as ``trainer.loco --centre stream`` does
+    from the cache."""
+    reference = engine.centring_reference
+    if reference is None:
+        raise ValueError(f"model {engine.model_id} has no speaker_norm reference for stream adaptation: add one "
+                         "with `python -m trainer.speaker_norm --model DIR --manifest TRAINING.csv`")
+    measured: dict[int, tuple[np.ndarray, int]] = {}
+    _, problems = predict_clips(engine, clips, max_clip_s=max_clip_s, params=params, measured=measured)
+    rows = sorted(measured)
+    offsets = np.zeros((len(clips), len(reference)), dtype=np.float32)
+    if rows:
+        means = np.stack([measured[i][0] for i in rows])
+        frames = np.array([measured[i][1] for i in rows])
+        offsets[rows], _ = stream_offsets(clips, rows, means, frames, reference, adapt.prior_s, adapt.seed,
+                                          adapt.order)
+    logits, _ = predict_clips(engine, clips, max_clip_s=max_clip_s, params=params, offsets=offsets)
+    return logits, problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (--streams: the engine's)")
     parser.add_argument("--max-clip-s", type=float, default=30.0, help="centre-crop longer clips (<= 30 s)")
     parser.add_argument("--base-dir", default=None, help="CTranslate2 whisper-base folder")
+    parser.add_argument("--adapt", choices=["stream", "stream-grouped"], default=None, help="score each "
+                        "speaker's clips as one stream the model adapts to (edge_ser.centring), in a seeded order "
+                        "(grouped: each emotion's clips in a row): a speaker-adaptive figure, not the zero-shot one")
+    parser.add_argument("--adapt-prior-s", type=float, default=10.0, help="--adapt: the agent's centring.prior_s")
+    parser.add_argument("--adapt-seed", type=int, default=0, help="--adapt: seed of each speaker's clip order")
     stream_eval.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -217,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(args.model, args.manifest, args.protocol, args.calm_as_neutral, args.skip_bad,
                           args.device, args.max_clip_s, args.base_dir, args.engine or "torch",
-                          args.compute_type or "int8", args.threads or 0)
+                          args.compute_type or "int8", args.threads or 0,
+                          None if args.adapt is None else Adaptation(
+                              "grouped" if args.adapt == "stream-grouped" else "shuffled", args.adapt_prior_s,
+                              args.adapt_seed))
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2

@@ -75,13 +75,14 @@ CENTRE_MODES = ("none", "clip", "speaker", "stream", "stream-grouped")
 
 @dataclass(frozen=True)
 class Centring:
-    """How held-out clips are centred at test time (trainer/speaker_norm.py). ``mode``: ``none`` (the
-    zero-shot figure; a model trained centred gets ``speaker``); ``clip`` (each clip on its own mean, shrunk
+    """How held-out clips are centred at test time (trainer/speaker_norm.py). ``mode``: ``auto`` (as the model
+    was trained: ``speaker`` for a model trained centred, else ``none``); ``none`` (each clip as it is: the
+    zero-shot figure); ``clip`` (each clip on its own mean, shrunk
     toward the reference with ``prior_s`` seconds: still zero-shot, it uses nothing but the clip); ``speaker``
     (each speaker's mean over all their clips); ``stream`` / ``stream-grouped`` (causal, from the speaker's
     earlier clips only, shrunk toward the reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
 
-    mode: str = "none"
+    mode: str = "auto"
     prior_s: float = 10.0
     seed: int = 0
 
@@ -91,7 +92,8 @@ def test_offsets(data: RunData, meta: ModelMeta, test_idx: list[int], corpus: st
     """Offsets (N, D) of the held-out clips and, for the stream modes, each clip's speaker history in seconds.
     The reference is the model's own training mean when it was trained centred, else the mean over the other
     corpora's clips."""
-    mode = "speaker" if centring.mode == "none" and meta.speaker_norm is not None else centring.mode
+    trained_centred = meta.speaker_norm is not None and meta.speaker_norm["trained"]
+    mode = centring.mode if centring.mode != "auto" else "speaker" if trained_centred else "none"
     if mode == "none":
         return None, None
     if meta.speaker_norm is not None:
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         if args.centre and not args.rescore:
             raise ValueError("--centre goes with --rescore (to train centred: --set normalize=speaker)")
-        centring = Centring(args.centre or "none", args.prior_s, args.stream_seed)
+        centring = Centring(args.centre or "auto", args.prior_s, args.stream_seed)
         stem = (f"summary.centre-{args.centre}" if args.centre else "summary.rescored" if args.rescore
                 else "summary")
         for corpus in folds:
