@@ -11,8 +11,9 @@ does, once per centring setting of ``trainer.loco.Centring`` (trainer/speaker_no
   a seeded order (``grouped``: each emotion's clips in a row, the worst case for a running mean).
 
 Prints one markdown table per run (4-class UA per held-out corpus, and the mean) and, for the stream
-settings, the mean UA by how much of the speaker the stream had heard before the clip (in brackets: over how
-many corpora; a corpus with no clip in a bin does not count there).
+settings, the mean UA by how much of the speaker the stream had heard before the clip, centred and on the
+same clips uncentred (the bins hold different clips: compare within a bin; in brackets: over how many
+corpora, a corpus with no clip in a bin does not count there). ``--plot`` draws the gain per bin.
 
     python benchmarks/centring_sweep.py --config configs/train-cpu.yaml --manifest ../shared/data/manifest.csv \\
         --set label_mode=hard --set views=1 --set threads=1 runs/loco-v2-s0
@@ -41,9 +42,14 @@ SETTINGS: list[tuple[str, Centring]] = [
     ("stream, prior 0 s", Centring("stream", prior_s=0.0)),
     ("stream, prior 10 s", Centring("stream", prior_s=10.0)),
     ("stream, prior 30 s", Centring("stream", prior_s=30.0)),
+    ("stream, prior 60 s", Centring("stream", prior_s=60.0)),
     ("stream-grouped, prior 10 s", Centring("stream-grouped", prior_s=10.0)),
     ("stream-grouped, prior 30 s", Centring("stream-grouped", prior_s=30.0)),
+    ("stream-grouped, prior 60 s", Centring("stream-grouped", prior_s=60.0)),
 ]
+
+
+Curves = dict[str, dict[str, list[tuple[float, float]]]]  # {setting: {history bin: [(UA, UA uncentred)]}}
 
 
 def _history_name(bounds: list[float | None]) -> str:
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, args.overrides)
     data = prepare(config, args.manifest)
     results: dict[str, dict[str, dict[str, float]]] = {}
-    plotted: dict[str, tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]] = {}
+    plotted: dict[str, tuple[dict[str, dict[str, float]], Curves]] = {}
     for run in args.runs:
         corpora = sorted(f.name.removeprefix("fold-") for f in run.glob("fold-*") if (f / "model").is_dir())
         if args.folds:
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if not corpora:
             raise SystemExit(f"{run}: no fold-*/model folders")
         table: dict[str, dict[str, float]] = {name: {} for name, _ in SETTINGS}
-        curves: dict[str, dict[str, list[float]]] = {}
+        curves: Curves = {}
         for corpus in tqdm(corpora, desc=str(run), unit="fold"):
             for name, centring in SETTINGS:
                 row = rescore_fold(config, data, corpus, run / f"fold-{corpus}", False, centring)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 for entry in row.get("adaptation", []):
                     if entry["ua"] is not None:
                         curves.setdefault(name, {}).setdefault(_history_name(entry["history_s"]), []).append(
-                            float(entry["ua"]))
+                            (float(entry["ua"]), float(entry["ua_plain"])))
         results[str(run)] = table
         plotted[str(run)] = (table, curves)
         print(f"### {run}\n\n| centring | " + " | ".join(corpora) + " | **mean UA** |\n|---|" +
@@ -91,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in table.items():
             print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in corpora) +
                   f" | **{np.mean(list(row.values())):.3f}** |")
-        print("\nstream settings, mean 4-class UA over corpora by the speaker audio heard before the clip:\n")
+        print("\nstream settings, by the speaker audio heard before the clip: mean 4-class UA over corpora, "
+              "centred / the same clips uncentred (corpora with clips in the bin):\n")
         bins = list(dict.fromkeys(b for by_bin in curves.values() for b in by_bin))
         print("| centring | " + " | ".join(bins) + " |\n|---|" + "---|" * len(bins))
         for name, by_bin in curves.items():
-            cells = [f"{np.mean(by_bin[b]):.3f} ({len(by_bin[b])})" if b in by_bin else "-" for b in bins]
+            cells = [f"{np.mean([u for u, _ in by_bin[b]]):.3f} / {np.mean([p for _, p in by_bin[b]]):.3f} "
+                     f"({len(by_bin[b])})" if b in by_bin else "-" for b in bins]
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
     if args.json:
@@ -106,10 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def plot_curves(runs: dict[str, tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]],
-                path: Path) -> None:
-    """One panel per run: mean UA over corpora per history bin for each stream setting, with the run's
-    uncentred and whole-speaker mean UA as horizontal lines."""
+def plot_curves(runs: dict[str, tuple[dict[str, dict[str, float]], Curves]], path: Path) -> None:
+    """One panel per run: per history bin, each stream setting's gain in UA over the same clips uncentred
+    (mean over corpora), with the whole-speaker centring's gain over all clips as a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,15 +126,17 @@ def plot_curves(runs: dict[str, tuple[dict[str, dict[str, float]], dict[str, dic
     for ax, (run, (table, curves)) in zip(axes[0], runs.items(), strict=True):
         bins = list(dict.fromkeys(b for by_bin in curves.values() for b in by_bin))
         for name, by_bin in curves.items():
-            ax.plot(range(len(bins)), [np.mean(by_bin[b]) if b in by_bin else np.nan for b in bins], marker="o",
-                    label=name)
-        for name, style in (("none", ":"), ("speaker (all the speaker's clips)", "--")):
-            ax.axhline(np.mean(list(table[name].values())), color="grey", linestyle=style, label=f"{name} (all clips)")
+            gains = [np.mean([u - p for u, p in by_bin[b]]) if b in by_bin else np.nan for b in bins]
+            ax.plot(range(len(bins)), gains, marker="o", label=name)
+        speaker = "speaker (all the speaker's clips)"
+        ax.axhline(np.mean(list(table[speaker].values())) - np.mean(list(table["none"].values())), color="grey",
+                   linestyle="--", label=f"{speaker}, all clips")
+        ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(bins)), bins)
         ax.set_xlabel("speaker audio heard before the clip")
         ax.set_title(run, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("4-class UA, mean over held-out corpora")
+    axes[0][0].set_ylabel("4-class UA gain over the same clips uncentred")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,10 @@ class CentringConfig(BaseModel):
     enabled: bool = Field(True, description="Centre each stream's features on its own running mean (needs a "
                           "model with a speaker_norm reference; a model without one is scored as is, with a "
                           "warning). false: every window is scored on its own, as in the zero-shot benchmark.")
-    prior_s: float = Field(10.0, ge=0, le=3600, description="Seconds of speech the running mean is shrunk "
+    prior_s: float = Field(30.0, ge=0, le=3600, description="Seconds of speech the running mean is shrunk "
                            "toward no change with: after prior_s seconds of speech the stream's own mean has "
-                           "half the say.")
+                           "half the say (30: the most robust of 0/10/30/60 s when a speaker keeps one emotion "
+                           "for long, docs/ablations.md).")
     reset_after_s: float | None = Field(300.0, gt=0, description="A silence (no scored window) longer than this "
                                         "many seconds starts the stream's mean over. null: never.")
 
@@ -47,10 +48,12 @@ def standardised_mean(features: np.ndarray, gamma: np.ndarray | None = None, bet
     """Mean over frames of each frame standardised over its channels (LayerNorm without its affine).
 
     ``features`` (frames, D) are raw encoder states; with ``gamma`` and ``beta`` they are the final
-    LayerNorm's output instead, whose affine is undone first."""
+    LayerNorm's output instead, whose affine is undone first (a channel whose ``gamma`` is ~0 reads 0: the
+    head never sees it, and its offset is scaled by that ``gamma`` too)."""
     x = np.asarray(features, dtype=np.float32)
     if gamma is not None and beta is not None:
-        return ((x - beta) / gamma).mean(axis=0)
+        dead = np.abs(gamma) < 1e-6
+        return np.where(dead, 0.0, (x - beta) / np.where(dead, 1.0, gamma)).mean(axis=0).astype(np.float32)
     x = x - x.mean(axis=1, keepdims=True)
     x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + LAYER_NORM_EPS)
     return x.mean(axis=0)

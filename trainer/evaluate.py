@@ -227,7 +227,7 @@ class Adaptation:
     emotion's clips in a row), each clip centred on the speaker's earlier clips (trainer/speaker_norm.py)."""
 
     order: str = "shuffled"
-    prior_s: float = 10.0
+    prior_s: float = 30.0
     seed: int = 0
 
 
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt", choices=["stream", "stream-grouped"], default=None, help="score each "
                         "speaker's clips as one stream the model adapts to (edge_ser.centring), in a seeded order "
                         "(grouped: each emotion's clips in a row): a speaker-adaptive figure, not the zero-shot one")
-    parser.add_argument("--adapt-prior-s", type=float, default=10.0, help="--adapt: the agent's centring.prior_s")
+    parser.add_argument("--adapt-prior-s", type=float, default=30.0, help="--adapt: the agent's centring.prior_s "
+                        "(default 30, as the agent's)")
     parser.add_argument("--adapt-seed", type=int, default=0, help="--adapt: seed of each speaker's clip order")
     stream_eval.add_arguments(parser)
     args = parser.parse_args(argv)

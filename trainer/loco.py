@@ -83,7 +83,7 @@ class Centring:
     earlier clips only, shrunk toward the reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
 
     mode: str = "auto"
-    prior_s: float = 10.0
+    prior_s: float = 30.0
     seed: int = 0
 
 
@@ -114,17 +114,24 @@ def test_offsets(data: RunData, meta: ModelMeta, test_idx: list[int], corpus: st
                           reference, centring.prior_s, centring.seed, order)
 
 
-def adaptation(logits: np.ndarray, clips: list[Clip], classes: list[str], history: np.ndarray
+def adaptation(logits: np.ndarray, plain: np.ndarray, clips: list[Clip], classes: list[str], history: np.ndarray
                ) -> list[dict[str, Any]]:
-    """4-class UA of the held-out clips by how much of their speaker the stream had heard before them."""
+    """4-class UA of the held-out clips by how much of their speaker the stream had heard before them, centred
+    (``ua``) and, on the same clips, uncentred (``ua_plain``): the bins hold different clips, so compare
+    within a bin."""
     out = []
     for low, high in HISTORY_BINS:
         keep = (history >= low) & (history < high)
         kept = [c for c, k in zip(clips, keep, strict=True) if k]
-        scored = score(logits[keep], [c.emotion for c in kept], [c.corpus for c in kept], classes, "4class", False)
-        entry = next(iter(scored.values()), None)
-        out.append({"history_s": [low, None if high == np.inf else high], "n": entry["n"] if entry else 0,
-                    "ua": entry["ua"] if entry else None})
+        entry: dict[str, Any] = {"history_s": [low, None if high == np.inf else high], "n": 0, "ua": None,
+                                 "ua_plain": None}
+        for key, values in (("ua", logits), ("ua_plain", plain)):
+            scored = score(values[keep], [c.emotion for c in kept], [c.corpus for c in kept], classes, "4class",
+                           False)
+            found = next(iter(scored.values()), None)
+            if found:
+                entry["n"], entry[key] = found["n"], found["ua"]
+        out.append(entry)
     return out
 
 
@@ -156,7 +163,8 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
             entry = rep["corpora"][corpus]
             row[protocol] = {k: entry[k] for k in ("n", "ua", "macro_f1", "wa", "ece")}
     if history is not None:
-        row["adaptation"] = adaptation(logits, clips, meta.labels, history)
+        plain = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean)
+        row["adaptation"] = adaptation(logits, plain, clips, meta.labels, history)
     return row
 
 
@@ -185,24 +193,28 @@ def summarize(rows: list[dict[str, Any]], command: str) -> tuple[dict[str, Any],
     curves = [r["adaptation"] for r in rows if "adaptation" in r]
     if curves:
         summary["adaptation_mean"] = _adaptation_mean(curves)
-        lines += ["", "4-class UA by the speaker's audio heard before the clip (stream centring):", "",
+        lines += ["", "4-class UA by the speaker's audio heard before the clip (stream centring / the same clips "
+                  "uncentred; clips in brackets):", "",
                   "| history | " + " | ".join(r["corpus"] for r in rows if "adaptation" in r) + " | **mean** |",
                   "|---|" + "---|" * (len(curves) + 1)]
         for k, entry in enumerate(summary["adaptation_mean"]):
             low, high = entry["history_s"]
             name = "none" if low == 0 else f"{low:.0f}-{high:.0f} s" if high is not None else f">= {low:.0f} s"
-            cells = [f"{c[k]['ua']:.3f} ({c[k]['n']})" if c[k]["ua"] is not None else "-" for c in curves]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | **{cell(entry, 'ua')}** |")
+            cells = [f"{c[k]['ua']:.3f} / {c[k]['ua_plain']:.3f} ({c[k]['n']})" if c[k]["ua"] is not None else "-"
+                     for c in curves]
+            mean_cell = f"**{cell(entry, 'ua')} / {cell(entry, 'ua_plain')}**"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean_cell} |")
     return summary, "\n".join(lines) + "\n"
 
 
 def _adaptation_mean(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per history bin: the mean UA over the corpora that have clips in it."""
+    """Per history bin: the mean UA (centred and uncentred) over the corpora that have clips in it."""
     out = []
     for k, first in enumerate(curves[0]):
-        present = [c[k]["ua"] for c in curves if c[k]["ua"] is not None]
+        present = [c[k] for c in curves if c[k]["ua"] is not None]
         out.append({"history_s": first["history_s"], "corpora": len(present),
-                    "ua": float(np.mean(present)) if present else None})
+                    "ua": float(np.mean([p["ua"] for p in present])) if present else None,
+                    "ua_plain": float(np.mean([p["ua_plain"] for p in present])) if present else None})
     return out
 
 
@@ -224,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         "each speaker's mean over all their clips; stream: causally, on the mean of "
                         "the speaker's earlier clips in a seeded order; stream-grouped: the same with each "
                         "emotion's clips in a row. Writes summary.centre-<mode>.{json,md}")
-    parser.add_argument("--prior-s", type=float, default=10.0, help="clip and stream modes: seconds of the "
-                        "training mean the clip's or running mean is shrunk toward (default 10)")
+    parser.add_argument("--prior-s", type=float, default=30.0, help="clip and stream modes: seconds of the "
+                        "training mean the clip's or running mean is shrunk toward (default 30, as the agent's)")
     parser.add_argument("--stream-seed", type=int, default=0, help="stream modes: seed of the clip order")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
