@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-centring", action="store_true", help="score windows without stream adaptation "
                         "(edge_ser.centring); with it (the agent's default) a fold model needs its speaker_norm "
                         "reference: python -m trainer.speaker_norm --model LOCO/fold-C/model ...")
+    parser.add_argument("--prior-s", type=float, default=None, help="stream adaptation's prior_s (default: the "
+                        "agent's)")
     parser.add_argument("--model", default=None,
                         help="score every corpus with this one model instead of its fold model (an in-domain "
                              "reference when the model saw those corpora; not a LOCO result)")
@@ -224,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         cache = ScoreCache(out / "cache" / corpus)
         for name, (vad, windows) in setups.items():
             config = StreamEvalConfig(engine=engine_config, vad=VadConfig(**vad), windows=WindowConfig(**windows),
-                                      centring=CentringConfig(enabled=not args.no_centring))
+                                      centring=CentringConfig(enabled=not args.no_centring,
+                                                              **({} if args.prior_s is None else
+                                                                 {"prior_s": args.prior_s})))
             scored[name][corpus] = score_streams(streams, engine, config, cache)
         engine_windows += engine.windows
         log.info("%s: fold model %s, %d streams, %d windows/clips run by the engine", corpus, model, len(streams),

@@ -314,7 +314,7 @@ def test_loco_writes_folds_and_summary(workspace: dict[str, Path]) -> None:
     assert loco_main([*args, "--centre", "speaker"]) == 2  # centring at test time only goes with --rescore
 
 
-def test_speaker_centred_training_stores_its_reference_and_the_agent_refuses_it(workspace: dict[str, Path]) -> None:
+def test_speaker_centred_training_stores_its_reference_and_needs_stream_adaptation(workspace: dict[str, Path]) -> None:
     from edge_ser.agent import ModelMissingError, check_model
 
     out = workspace["root"] / "centred"
@@ -326,8 +326,10 @@ def test_speaker_centred_training_stores_its_reference_and_the_agent_refuses_it(
     reference = np.asarray(meta.speaker_norm["reference"])
     # a mean of LayerNorm-standardised frames: 512 channels whose mean is 0 and mean square at most 1
     assert reference.shape == (512,) and abs(reference.mean()) < 1e-4 and 0 < (reference**2).mean() <= 1
-    with pytest.raises(ModelMissingError, match="trained with normalize: speaker"):
-        check_model(out / "model")
+    assert meta.speaker_norm["trained"]
+    check_model(out / "model")  # the agent adapts its streams by default
+    with pytest.raises(ModelMissingError, match=r"trained on speaker-centred features \(normalize: speaker\)"):
+        check_model(out / "model", centring=False)
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest",  # no cache, no means
                        str(workspace["manifest"]), "--out", str(out / "x"), "--no-cache", "--set", "normalize=speaker",
                        *TINY]) == 2

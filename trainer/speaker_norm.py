@@ -1,16 +1,21 @@
-"""Per-speaker centring of the encoder features: each speaker's mean is moved onto the training mean.
+"""Per-speaker centring of the encoder features in the trainer: the means, the offsets, the reference.
 
-Most of what separates the corpora is an offset per recording setup and speaker (docs/ablations.md: the
-pooled-feature probe gains 0.11 LOCO UA when every speaker's features are centred on their own mean). With
-``normalize: speaker`` the head reads the normalised encoder features minus ``gamma * (m_s - m_ref)``,
-where ``m_s`` is speaker ``s``'s mean over all their clips, ``m_ref`` the mean over the training clips, and
-``gamma`` the final LayerNorm's scale. Means are taken in the LayerNorm's *unscaled* space (each frame
-standardised over its 512 channels, before ``gamma`` and ``beta``), so they do not move while the LayerNorm
-trains, and a runtime that only sees the LayerNorm's output recovers the same shift from its own running mean.
+Most of what separates the corpora is an offset per recording setup and speaker (docs/ablations.md, "Stream
+adaptation": centring each held-out speaker on their own mean lifts LOCO UA from 0.667 to 0.745). The head
+reads the normalised encoder features minus ``gamma * w * (m - m_ref)``: ``m`` a mean of the speaker's
+clips, ``m_ref`` the mean over the training clips, ``gamma`` the final LayerNorm's scale, ``w`` a shrinkage.
+Means are taken in the LayerNorm's *unscaled* space (each frame standardised over its 512 channels, before
+``gamma`` and ``beta``; ``edge_ser.centring.standardised_mean``), so they do not move while the LayerNorm
+trains, and the runtime, which only sees the LayerNorm's output, recovers them (``edge_ser.centring``).
 
-The means use audio only, never labels: a held-out speaker's offset comes from that speaker's clips of every
-emotion, so a score with centring is a *speaker-adaptive* figure, not the zero-shot one of the EVAL.md
-headline (it assumes a speaker's clips are spread over the emotions, as they are in acted corpora).
+* ``speaker_offsets``: each speaker's mean over all their clips (``normalize: speaker`` in training;
+  ``trainer.loco --centre speaker``); ``stream_offsets``: causal, each clip on the speaker's earlier clips,
+  as the agent adapts a stream; ``clip_offsets``: each clip on itself (zero-shot, measured useless).
+* ``python -m trainer.speaker_norm --model DIR --config C --manifest M``: write the reference the agent needs
+  into a model trained without it (``model.json`` only).
+
+The means use audio only, never labels; a score with speaker or stream centring is a *speaker-adaptive*
+figure, not the zero-shot one of the EVAL.md headline.
 """
 
 from __future__ import annotations
