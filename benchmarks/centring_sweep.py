@@ -122,7 +122,7 @@ def plot_curves(runs: dict[str, tuple[dict[str, dict[str, float]], Curves]], pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.5), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 5.2), squeeze=False, sharey=True)
     for ax, (run, (table, curves)) in zip(axes[0], runs.items(), strict=True):
         bins = list(dict.fromkeys(b for by_bin in curves.values() for b in by_bin))
         for name, by_bin in curves.items():
@@ -137,8 +137,9 @@ def plot_curves(runs: dict[str, tuple[dict[str, dict[str, float]], Curves]], pat
         ax.set_title(run, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("4-class UA gain over the same clips uncentred")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

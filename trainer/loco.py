@@ -77,10 +77,10 @@ CENTRE_MODES = ("none", "clip", "speaker", "stream", "stream-grouped")
 class Centring:
     """How held-out clips are centred at test time (trainer/speaker_norm.py). ``mode``: ``auto`` (as the model
     was trained: ``speaker`` for a model trained centred, else ``none``); ``none`` (each clip as it is: the
-    zero-shot figure); ``clip`` (each clip on its own mean, shrunk
-    toward the reference with ``prior_s`` seconds: still zero-shot, it uses nothing but the clip); ``speaker``
-    (each speaker's mean over all their clips); ``stream`` / ``stream-grouped`` (causal, from the speaker's
-    earlier clips only, shrunk toward the reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
+    zero-shot figure); ``clip`` (each clip on its own mean, shrunk toward the reference with ``prior_s``
+    seconds: still zero-shot, it uses nothing but the clip); ``speaker`` (each speaker's mean over all their
+    clips); ``stream`` / ``stream-grouped`` (causal, from the speaker's earlier clips only, shrunk toward the
+    reference with ``prior_s`` seconds; ``speaker_norm.stream_offsets``)."""
 
     mode: str = "auto"
     prior_s: float = 30.0
@@ -90,7 +90,7 @@ class Centring:
 def test_offsets(data: RunData, meta: ModelMeta, test_idx: list[int], corpus: str, centring: Centring
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Offsets (N, D) of the held-out clips and, for the stream modes, each clip's speaker history in seconds.
-    The reference is the model's own training mean when it was trained centred, else the mean over the other
+    The reference is the model's own (``speaker_norm``) when it carries one, else the mean over the other
     corpora's clips."""
     trained_centred = meta.speaker_norm is not None and meta.speaker_norm["trained"]
     mode = centring.mode if centring.mode != "auto" else "speaker" if trained_centred else "none"
