@@ -20,6 +20,8 @@ Pure and synchronous (``offset`` / ``push`` / ``reset``), numpy only; the pipeli
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +43,11 @@ class CentringConfig(BaseModel):
                            "for long, docs/ablations.md).")
     reset_after_s: float | None = Field(300.0, gt=0, description="A silence (no scored window) longer than this "
                                         "many seconds starts the stream's mean over. null: never.")
+
+
+def meta_reference(speaker_norm: dict[str, Any] | None) -> np.ndarray | None:
+    """A model's stream adaptation reference (``ModelMeta.speaker_norm``) as float32, or None."""
+    return None if speaker_norm is None else np.asarray(speaker_norm["reference"], dtype=np.float32)
 
 
 def standardised_mean(features: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None

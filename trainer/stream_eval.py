@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from edge_ser.audio import load_audio
 from edge_ser.backends import Ct2EngineConfig, EngineConfig, FrameScores, TorchEngineConfig, make_engine
-from edge_ser.centring import CentringConfig, StreamCentring
+from edge_ser.centring import CentringConfig, StreamCentring, meta_reference
 from edge_ser.checkpoint import ModelMeta, read_meta
 from edge_ser.features import FeatureParams, log_mel
 from edge_ser.pipeline import GAP_TICK_S
@@ -168,8 +168,7 @@ class LazyEngine:
         self.meta: ModelMeta = read_meta(self.model_dir)
         self.labels = tuple(self.meta.labels)
         self.params = FeatureParams(**self.meta.features)
-        norm = self.meta.speaker_norm
-        self.centring_reference = None if norm is None else np.asarray(norm["reference"], dtype=np.float32)
+        self.centring_reference = meta_reference(self.meta.speaker_norm)
         self.calls = 0
         self.windows = 0
         self._engine: Any = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_ser.centring import meta_reference
 from edge_ser.checkpoint import ModelMeta
 
 FRAMES_PER_SECOND = 50
@@ -70,8 +71,7 @@ class Engine(ABC):
     @property
     def centring_reference(self) -> np.ndarray | None:
         """The model's training mean of standardised features (stream adaptation), or None."""
-        norm = self.meta.speaker_norm
-        return None if norm is None else np.asarray(norm["reference"], dtype=np.float32)
+        return meta_reference(self.meta.speaker_norm)
 
     def warmup(self, seconds: Sequence[float] = (2.0, 1.0)) -> None:
         """Run the engine once per window length so the first real window is not slow."""

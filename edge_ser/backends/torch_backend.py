@@ -38,6 +38,9 @@ class TorchEngine(Engine):
         self.model.to(self.device)
         self.labels = tuple(self.meta.labels)
         self.model_id = self.meta.model_id
+        norm = self.model.norm  # stream adaptation: the final LayerNorm's affine, to read feature means back
+        self._affine = None if self.meta.speaker_norm is None else (
+            norm.weight.detach().float().cpu().numpy(), norm.bias.detach().float().cpu().numpy())
         log.info("torch engine: model %s, %d encoder layers, device %s", self.model_id,
                  self.meta.encoder_layers, self.device)
 
@@ -46,17 +49,15 @@ class TorchEngine(Engine):
         torch = self._torch
         norm = self.model.norm
         shifts = check_offsets(offsets, len(mels), norm.weight.shape[0])
-        measure = self.meta.speaker_norm is not None
         results: list[FrameScores | None] = [None] * len(mels)
         with torch.inference_mode():
             for indices in group_by_length(mels).values():
                 batch = torch.from_numpy(np.stack([mels[i] for i in indices])).to(self.device)
                 feats = self.model.features(batch)
                 means = [None] * len(indices)
-                if measure:
-                    gamma, beta = norm.weight.float().cpu().numpy(), norm.bias.float().cpu().numpy()
+                if self._affine is not None:
                     host = feats.float().cpu().numpy()
-                    means = [standardised_mean(host[row], gamma, beta) for row in range(len(indices))]
+                    means = [standardised_mean(host[row], *self._affine) for row in range(len(indices))]
                 if any(shifts[i] is not None for i in indices):
                     offset = np.stack([np.zeros(feats.shape[-1], np.float32) if shifts[i] is None else shifts[i]
                                        for i in indices])
