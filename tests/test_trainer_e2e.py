@@ -333,3 +333,20 @@ def test_speaker_centred_training_stores_its_reference_and_needs_stream_adaptati
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest",  # no cache, no means
                        str(workspace["manifest"]), "--out", str(out / "x"), "--no-cache", "--set", "normalize=speaker",
                        *TINY]) == 2
+
+
+def test_speaker_shift_trains_an_ordinary_model_and_needs_the_cache(workspace: dict[str, Path]) -> None:
+    from edge_ser.agent import check_model
+
+    common = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+              "--set", f"cache_dir={workspace['cache']}", "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY]
+    plain, shifted = workspace["root"] / "unshifted", workspace["root"] / "shifted"
+    assert train_main([*common, "--out", str(plain)]) == 0
+    assert train_main([*common, "--out", str(shifted), "--set", "regularize.speaker_shift_p=1.0"]) == 0
+    loss = [json.loads((run / "metrics.json").read_text())["history"][0]["train_loss"] for run in (plain, shifted)]
+    assert loss[0] != loss[1]  # the same batches, dropout and initial weights: only the shifts differ
+    meta, _ = load_checkpoint(shifted / "model")
+    assert meta.speaker_norm is None  # a head for features as they come: no reference, no adaptation needed
+    check_model(shifted / "model", centring=False)
+    assert train_main([*common, "--out", str(shifted / "x"), "--no-cache",
+                       "--set", "regularize.speaker_shift_p=0.5"]) == 2

@@ -1,4 +1,5 @@
-"""Random crops and mixup of training batches, and which epochs a snapshot run keeps (pure logic)."""
+"""Random crops, mixup and speaker shifts of training batches, and which epochs a snapshot run keeps (pure
+logic)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from trainer.cache import valid_mask
-from trainer.regularize import mixup, random_crop
+from trainer.regularize import mixup, random_crop, speaker_shift
 from trainer.train import _keep_snapshot
 
 
@@ -81,6 +82,49 @@ def test_mixup_probability() -> None:
     unmixed = (mixed.share == 1).nonzero().flatten()
     assert torch.equal(mixed.x[unmixed], x[unmixed])
     assert torch.equal(mixed.partner[unmixed], unmixed)
+
+
+def test_speaker_shift_off_or_without_another_speaker_is_none() -> None:
+    own, pool = np.ones((4, 3), dtype=np.float32), np.eye(3, dtype=np.float32)
+    assert speaker_shift(own, pool, np.random.default_rng(0), 0.0, 1.0) is None
+    assert speaker_shift(own, pool[:1], np.random.default_rng(0), 1.0, 1.0) is None
+
+
+def test_speaker_shift_moves_a_drawn_row_toward_one_pool_speaker_by_at_most_the_share() -> None:
+    rng = np.random.default_rng(5)
+    pool = rng.normal(size=(6, 16)).astype(np.float32)
+    own = pool[rng.integers(0, 6, size=200)]
+    offsets = speaker_shift(own, pool, np.random.default_rng(1), 1.0, 0.8)
+    assert offsets is not None and offsets.shape == own.shape and offsets.dtype == np.float32
+    shares = []
+    for row in range(len(own)):
+        moved = own[row] - offsets[row]  # the row's speaker mean as the head sees it
+        if not offsets[row].any():
+            continue  # drawn its own speaker: nothing moves
+        # on the segment from its own mean toward exactly one pool speaker, at share l in [0, 0.8]
+        fits = []
+        for other in pool:
+            direction = other - own[row]
+            if not direction.any():
+                continue
+            share = float(direction @ (moved - own[row]) / (direction @ direction))
+            if np.allclose(own[row] + share * direction, moved, atol=1e-5):
+                fits.append(share)
+        assert len(fits) == 1 and 0 <= fits[0] <= 0.8 + 1e-6
+        shares.append(fits[0])
+    assert len(shares) > 150 and min(shares) < 0.1 and max(shares) > 0.7  # uniform over [0, 0.8]
+
+
+def test_speaker_shift_probability_and_seed() -> None:
+    rng = np.random.default_rng(2)
+    pool = rng.normal(size=(50, 8)).astype(np.float32)
+    own = pool[rng.integers(0, 50, size=1000)]
+    offsets = speaker_shift(own, pool, np.random.default_rng(4), 0.3, 1.0)
+    assert offsets is not None
+    share = float(np.abs(offsets).sum(axis=1).astype(bool).mean())
+    assert 0.25 < share < 0.35  # about p of the rows (a row drawing its own speaker stays: 1 in 50)
+    again = speaker_shift(own, pool, np.random.default_rng(4), 0.3, 1.0)
+    assert again is not None and np.array_equal(offsets, again)
 
 
 def test_snapshots_keep_the_best_k_epochs_on_disk(tmp_path: Path) -> None:

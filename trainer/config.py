@@ -62,6 +62,12 @@ class RegularizeSettings(BaseModel):
                            "the batch each step (inputs, targets, loss weights and domain targets alike).")
     mixup_alpha: float = Field(0.4, gt=0, description="Beta(alpha, alpha) draws the mix; the clip's own share "
                                "is max(l, 1 - l).")
+    speaker_shift_p: float = Field(0.0, ge=0, le=1, description="Share of training clips whose speaker mean "
+                                   "(standardised encoder features) is moved toward another training speaker's "
+                                   "each step: the head learns to ignore the per-speaker offset that stream "
+                                   "adaptation removes at run time. Needs the cache.")
+    speaker_shift_max: float = Field(1.0, gt=0, le=2, description="The move's share of the way to the other "
+                                     "speaker's mean is uniform in [0, this] (1: up to the whole way).")
 
 
 class TrainConfig(BaseModel):
@@ -136,6 +142,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"normalize 'speaker' needs cache true, trainable_layers 0 and regularize.mixup_p 0 "
                              f"(got {self.cache}, {self.trainable_layers}, {self.regularize.mixup_p}): speaker "
                              "means come from the frozen layers' cached output")
+        if self.regularize.speaker_shift_p and (not self.cache or self.trainable_layers):
+            raise ValueError(f"regularize.speaker_shift_p {self.regularize.speaker_shift_p} needs cache true and "
+                             f"trainable_layers 0 (got {self.cache}, {self.trainable_layers}): speaker means come "
+                             "from the frozen layers' cached output")
         return self
 
     @property

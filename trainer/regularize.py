@@ -1,6 +1,7 @@
-"""Batch-level regularizers applied in training after the frozen layers: random crops of a clip's frames and
-mixup of two clips. Both draw from their own numpy generator, so turning them on leaves the batch order,
-the view choice and dropout of a run unchanged."""
+"""Batch-level regularizers applied in training after the frozen layers: random crops of a clip's frames,
+mixup of two clips, and speaker shifts (a clip's speaker-level feature offset moved toward another training
+speaker's). All draw from their own numpy generator, so turning them on leaves the batch order, the view
+choice and dropout of a run unchanged."""
 
 from __future__ import annotations
 
@@ -63,3 +64,23 @@ def mixup(x: torch.Tensor, valid: torch.Tensor, rng: np.random.Generator, p: flo
     shape = (batch,) + (1,) * (x.dim() - 1)
     mixed = share_t.view(shape).to(x.dtype) * x + (1 - share_t.view(shape)).to(x.dtype) * x[partner_t]
     return MixedBatch(mixed, valid & valid[partner_t], partner_t, share_t)
+
+
+def speaker_shift(own: np.ndarray, pool: np.ndarray, rng: np.random.Generator, p: float, max_share: float
+                  ) -> np.ndarray | None:
+    """Offsets (B, D) that move each drawn row's speaker mean toward another training speaker's.
+
+    ``own`` (B, D): each row's speaker mean of standardised encoder features (trainer/speaker_norm.py);
+    ``pool`` (S, D): every training speaker's mean. A drawn row (probability ``p``) gets ``l * (own - other)``
+    with ``other`` a speaker of ``pool`` drawn uniformly and ``l ~ U(0, max_share)``; the head reads
+    ``features - gamma * offset`` (``EmotionModel.features``), so the row's speaker mean becomes
+    ``own + l * (other - own)``: the same speech as if spoken by a mix of the two speakers' setups, emotion
+    untouched (the means are averages over all of a speaker's clips). Rows not drawn get zeros; None when
+    ``p`` is 0 or there is no other speaker to draw."""
+    if p <= 0 or max_share <= 0 or len(pool) < 2:
+        return None
+    batch = own.shape[0]
+    drawn = rng.random(batch) < p
+    other = pool[rng.integers(0, len(pool), size=batch)]
+    share = rng.uniform(0.0, max_share, size=batch) * drawn
+    return (share[:, None] * (own - other)).astype(np.float32)

@@ -40,7 +40,7 @@ from edge_ser.windows import WINDOW_QUANTUM
 from trainer.augment import Augmenter
 from trainer.batches import AudioDataset, cached_batch, collate_mels, epoch_batches
 from trainer.cache import CacheSet, babble_pool, ensure_cache, valid_mask
-from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.config import ConfigError, RegularizeSettings, TrainConfig, load_config
 from trainer.data import Clip, Manifest, ManifestError, Problem, load_manifest, select, speaker_split
 from trainer.ensemble import merge_heads
 from trainer.evaluate import predict_cached, predict_clips, report, write_report
@@ -48,7 +48,7 @@ from trainer.labels import LabelError, LabelMap
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
-from trainer.regularize import mixup, random_crop
+from trainer.regularize import mixup, random_crop, speaker_shift
 from trainer.speaker_norm import clip_means, speaker_offsets
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
@@ -220,6 +220,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     reference = data.speaker_means()[train_idx].mean(axis=0) if config.normalize == "speaker" else None
     train_offsets = data.centring(train_idx, reference)
     dev_offsets = data.centring(dev_idx, reference)
+    own_speaker, speaker_pool = _speaker_shift_pool(config, data, train_idx)
 
     model = build_model(config, len(classes))
     if config.balance.prior_correction:
@@ -278,6 +279,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         started = time.monotonic()
         rng = np.random.default_rng([config.seed, epoch])
         reg_rng = np.random.default_rng([config.seed, epoch, 2])
+        shift_rng = np.random.default_rng([config.seed, epoch, 3])
         torch.manual_seed(config.seed * 1000 + epoch)
         scale = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -307,7 +309,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
                 if len(positions) == 0:
                     continue
                 from_mel = True
-            offset = None if train_offsets is None else torch.from_numpy(train_offsets[positions.numpy()]).to(device)
+            offset = _batch_offset(positions.numpy(), train_offsets, own_speaker, speaker_pool, shift_rng, reg, device)
             positions = positions.to(device)
             x, frames = x.to(device, non_blocking=True), frames.to(device)
             valid = valid_mask(frames, x.shape[-1] // 2 if from_mel else x.shape[1])
@@ -390,6 +392,32 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         if len(snapshots) > 1:
             _merge_snapshots(out, snapshots, config)
     return FitResult(model_dir=out / "model", best_epoch=int(best["epoch"]), dev=best, history=history)
+
+
+def _speaker_shift_pool(config: TrainConfig, data: RunData, train_idx: np.ndarray
+                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """For ``regularize.speaker_shift_p``: each training clip's speaker mean (N, D) and every training
+    speaker's mean (S, D), in the standardised space of trainer/speaker_norm.py; (None, None) when off."""
+    if not config.regularize.speaker_shift_p:
+        return None, None
+    zero = np.zeros(data.speaker_means().shape[1], dtype=np.float32)
+    own = speaker_offsets(data.manifest.clips, train_idx, data.speaker_means()[train_idx], zero)
+    pool = np.unique(own, axis=0)
+    log.info("speaker shift: p %.2f, share up to %.2f, %d training speakers", config.regularize.speaker_shift_p,
+             config.regularize.speaker_shift_max, len(pool))
+    return own, pool
+
+
+def _batch_offset(positions: np.ndarray, train_offsets: np.ndarray | None, own_speaker: np.ndarray | None,
+                  speaker_pool: np.ndarray | None, rng: np.random.Generator, reg: RegularizeSettings,
+                  device: torch.device) -> torch.Tensor | None:
+    """The batch's feature offsets: speaker centring (``normalize: speaker``) plus speaker shifts."""
+    offset = None if train_offsets is None else train_offsets[positions]
+    if own_speaker is not None and speaker_pool is not None:
+        shift = speaker_shift(own_speaker[positions], speaker_pool, rng, reg.speaker_shift_p, reg.speaker_shift_max)
+        if shift is not None:
+            offset = shift if offset is None else offset + shift
+    return None if offset is None else torch.from_numpy(np.ascontiguousarray(offset)).to(device)
 
 
 def _best_entry(dev: dict[str, Any] | None, epoch: int) -> dict[str, Any]:
