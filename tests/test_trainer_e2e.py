@@ -350,3 +350,38 @@ def test_speaker_shift_trains_an_ordinary_model_and_needs_the_cache(workspace: d
     check_model(shifted / "model", centring=False)
     assert train_main([*common, "--out", str(shifted / "x"), "--no-cache",
                        "--set", "regularize.speaker_shift_p=0.5"]) == 2
+
+
+def test_a_fine_tuned_layer_trains_and_both_engines_run_it(workspace: dict[str, Path]) -> None:
+    """``trainable_layers: 1`` from the cache (bfloat16 autocast on CPU): the checkpoint carries the trained
+    top layer, and CTranslate2's export computes what PyTorch computes with it."""
+    import torch
+    from realdata import real_windows
+
+    from edge_ser.backends.ct2_backend import Ct2Engine
+    from edge_ser.backends.torch_backend import TorchEngine
+    from edge_ser.model import load_whisper_encoder
+    from edge_ser.whisper_base import whisper_base_dir
+
+    out = workspace["root"] / "tuned"
+    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(out), "--set", f"cache_dir={workspace['cache']}",
+                       "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY, "--set", "trainable_layers=1",
+                       "--set", "lr_encoder=0.001", "--set", "amp_cpu=true"]) == 0
+    meta, tensors = load_checkpoint(out / "model")
+    assert meta.finetuned_layers == [2]
+    assert not any(name.startswith(("encoder.layers.0.", "encoder.layers.1.")) for name in tensors)
+    encoder, _ = load_whisper_encoder(whisper_base_dir() / "model.bin", 3)
+    base = encoder.layers[2].state_dict()
+    moved = max(float(np.abs(tensors[f"encoder.layers.2.{k}"] - v.numpy()).max()) for k, v in base.items())
+    assert moved > 1e-3  # the layer trained
+    mels = real_windows(2)
+    torch_engine = TorchEngine(out / "model")
+    tuned = np.stack([s.clip_probs() for s in torch_engine.infer(mels)])
+    exported = np.stack([s.clip_probs() for s in Ct2Engine(out / "model", compute_type="float32").infer(mels)])
+    # the export stores the layer in the base model's float16, as it stores the frozen ones
+    assert np.abs(tuned - exported).max() < 1e-3
+    with torch.no_grad():  # the same model with the base layer back: the scores move by far more than that
+        torch_engine.model.encoder.layers[2].load_state_dict(base)
+    untuned = np.stack([s.clip_probs() for s in torch_engine.infer(mels)])
+    assert np.abs(untuned - tuned).max() > 1e-2

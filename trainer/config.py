@@ -125,6 +125,10 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="Seed of initialisation, view sampling, batching and dropout.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N.")
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU).")
+    amp_cpu: bool = Field(False, description="bfloat16 autocast on CPU too: worth it where the CPU multiplies "
+                          "bfloat16 in hardware (AMX, AVX512-BF16), mainly to fine-tune encoder layers "
+                          "(trainable_layers >= 1; a layer's training step 2.2x faster on this project's Xeon "
+                          "with AMX, docs/training.md); elsewhere slower than float32.")
     threads: int | None = Field(2, ge=1, description="torch CPU threads (null: torch's default).")
     workers: int = Field(4, ge=0, description="Data-loader workers for on-the-fly (no-cache) training.")
     base_dir: str | None = Field(None, description="CTranslate2 whisper-base folder (null: packaged weights).")

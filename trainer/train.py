@@ -198,7 +198,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     classes = data.labels.classes
     device = torch.device(config.device if not config.device.startswith("cuda") or world == 1
                           else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = config.amp if device.type == "cuda" else config.amp_cpu and device.type == "cpu"
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
