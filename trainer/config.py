@@ -64,8 +64,9 @@ class RegularizeSettings(BaseModel):
                                "is max(l, 1 - l).")
     speaker_shift_p: float = Field(0.0, ge=0, le=1, description="Share of training clips whose speaker mean "
                                    "(standardised encoder features) is moved toward another training speaker's "
-                                   "each step: the head learns to ignore the per-speaker offset that stream "
-                                   "adaptation removes at run time. Needs the cache.")
+                                   "each step, to teach the head to ignore the per-speaker offset that stream "
+                                   "adaptation removes at run time (measured: it does not, docs/ablations.md, "
+                                   "stop 17). Needs the cache.")
     speaker_shift_max: float = Field(1.0, gt=0, le=2, description="The move's share of the way to the other "
                                      "speaker's mean is uniform in [0, this] (1: up to the whole way).")
 
@@ -127,8 +128,8 @@ class TrainConfig(BaseModel):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU).")
     amp_cpu: bool = Field(False, description="bfloat16 autocast on CPU too: worth it where the CPU multiplies "
                           "bfloat16 in hardware (AMX, AVX512-BF16), mainly to fine-tune encoder layers "
-                          "(trainable_layers >= 1; a layer's training step 2.2x faster on this project's Xeon "
-                          "with AMX, docs/training.md); elsewhere slower than float32.")
+                          "(trainable_layers >= 1; a layer's training step measured 2.26x faster on a Xeon with "
+                          "AMX, benchmarks/finetune_step.py); measure before using it elsewhere.")
     threads: int | None = Field(2, ge=1, description="torch CPU threads (null: torch's default).")
     workers: int = Field(4, ge=0, description="Data-loader workers for on-the-fly (no-cache) training.")
     base_dir: str | None = Field(None, description="CTranslate2 whisper-base folder (null: packaged weights).")
