@@ -32,6 +32,7 @@ from trainer.config import load_config
 from trainer.data import Clip
 from trainer.evaluate import build_model_from_checkpoint, predict_cached
 from trainer.metrics import score
+from trainer.speaker_norm import speaker_table
 from trainer.train import prepare
 
 KS = (1, 2, 4, 8, 16, 32, 64)
@@ -39,17 +40,12 @@ KS = (1, 2, 4, 8, 16, 32, 64)
 
 def nuisance_directions(clips: Sequence[Clip], rows: Sequence[int], means: np.ndarray) -> dict[str, np.ndarray]:
     """{"pca": (D, D), "lda": (D, D)}: candidate directions as rows, strongest first, from the clips ``rows``."""
-    by_speaker: dict[str, list[int]] = {}
-    for i in rows:
-        by_speaker.setdefault(clips[i].speaker, []).append(i)
-    speaker_means = np.stack([means[r].mean(axis=0) for r in by_speaker.values()])
-    emotion_devs = []
-    for members in by_speaker.values():
-        centre = means[members].mean(axis=0)
-        by_emotion: dict[str, list[int]] = {}
-        for i in members:
-            by_emotion.setdefault(clips[i].emotion, []).append(i)
-        emotion_devs += [means[e].mean(axis=0) - centre for e in by_emotion.values()]
+    row_of, speaker_means = speaker_table(clips, rows, means[rows])
+    by_speaker_emotion: dict[tuple[int, str], list[int]] = {}
+    for row, i in enumerate(rows):
+        by_speaker_emotion.setdefault((int(row_of[row]), clips[i].emotion), []).append(i)
+    emotion_devs = [means[members].mean(axis=0) - speaker_means[speaker]
+                    for (speaker, _), members in by_speaker_emotion.items()]
     between = speaker_means - speaker_means.mean(axis=0)
     _, _, pca = np.linalg.svd(between, full_matrices=False)
     within = np.stack(emotion_devs)

@@ -51,17 +51,22 @@ def clip_means(view: CachedView, indices: Sequence[int]) -> np.ndarray:
     return out
 
 
+def speaker_table(clips: Sequence[Clip], indices: Sequence[int], means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each speaker's mean over their clips of ``indices`` (S, D), and each clip's row in that table (N,).
+    ``means`` holds the clips' ``standardised_mean`` rows in ``indices`` order."""
+    speakers, row_of = np.unique([clips[i].speaker for i in indices], return_inverse=True)
+    table = np.stack([means[row_of == k].mean(axis=0) for k in range(len(speakers))])
+    return row_of.astype(np.int64), table.astype(np.float32)
+
+
 def speaker_offsets(clips: Sequence[Clip], indices: Sequence[int], means: np.ndarray,
                     reference: np.ndarray) -> np.ndarray:
     """(N, D) offsets, one per clip of ``indices``: its speaker's mean over those of ``indices`` minus
     ``reference``. ``means`` holds the clips' ``standardised_mean`` rows in ``indices`` order."""
-    speakers = [clips[i].speaker for i in indices]
-    by_speaker: dict[str, list[int]] = {}
-    for row, speaker in enumerate(speakers):
-        by_speaker.setdefault(speaker, []).append(row)
-    speaker_mean = {s: means[rows].mean(axis=0) for s, rows in by_speaker.items()}
-    return np.stack([speaker_mean[s] - reference for s in speakers]).astype(np.float32) if speakers else \
-        np.zeros((0, means.shape[1]), dtype=np.float32)
+    if len(indices) == 0:
+        return np.zeros((0, means.shape[1]), dtype=np.float32)
+    row_of, table = speaker_table(clips, indices, means)
+    return (table[row_of] - reference).astype(np.float32)
 
 
 def clip_offsets(means: np.ndarray, frames: np.ndarray, reference: np.ndarray, prior_s: float) -> np.ndarray:
@@ -124,8 +129,8 @@ def training_reference(data: RunData, corpora: Sequence[str] | None) -> tuple[np
 
 def add_reference(model_dir: Path, config: TrainConfig, manifest: str | Path) -> ModelMeta:
     """Write ``speaker_norm = {reference, trained: false}`` into an existing model's ``model.json`` (the weights
-    file is not touched), the
-    reference taken over the manifest's clips of the corpora the model was trained on."""
+    file is not touched), the reference taken over the manifest's clips of the corpora the model was trained
+    on."""
     meta, tensors = load_checkpoint(model_dir)
     if meta.speaker_norm is not None and meta.speaker_norm["trained"]:
         raise ValueError(f"{model_dir}: trained with normalize: speaker; its reference comes from its training")

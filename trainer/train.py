@@ -49,7 +49,7 @@ from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
 from trainer.regularize import mixup, random_crop, speaker_shift
-from trainer.speaker_norm import clip_means, speaker_offsets
+from trainer.speaker_norm import clip_means, speaker_offsets, speaker_table
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
 log = logging.getLogger(__name__)
@@ -400,9 +400,9 @@ def _speaker_shift_pool(config: TrainConfig, data: RunData, train_idx: np.ndarra
     speaker's mean (S, D), in the standardised space of trainer/speaker_norm.py; (None, None) when off."""
     if not config.regularize.speaker_shift_p:
         return None, None
-    zero = np.zeros(data.speaker_means().shape[1], dtype=np.float32)
-    own = speaker_offsets(data.manifest.clips, train_idx, data.speaker_means()[train_idx], zero)
-    pool = np.unique(own, axis=0)
+    row_of, table = speaker_table(data.manifest.clips, train_idx, data.speaker_means()[train_idx])
+    own = table[row_of]
+    pool = np.unique(table, axis=0)  # the order the draws index (that of the runs in docs/ablations.md)
     log.info("speaker shift: p %.2f, share up to %.2f, %d training speakers", config.regularize.speaker_shift_p,
              config.regularize.speaker_shift_max, len(pool))
     return own, pool
