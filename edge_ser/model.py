@@ -130,6 +130,7 @@ class HeadConfig:
     type: str = "frame"
     hidden: int = 256
     dropout: float = 0.1
+    input_dropout: float = 0.0
     n_classes: int = 8
 
 
@@ -144,6 +145,7 @@ class EmotionHead(nn.Module):
         self.fc1 = nn.Linear(d_model, config.hidden)
         self.fc2 = nn.Linear(config.hidden, config.n_classes)
         self.dropout = nn.Dropout(config.dropout)
+        self.input_dropout = nn.Dropout(config.input_dropout)
         self.attention = nn.Linear(config.hidden, 1) if config.type == "attentive" else None
 
     def frame_outputs(
@@ -151,7 +153,7 @@ class EmotionHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, F, D), valid (B, F) bool -> frame logits (B, F, C), pooling weights (B, F) summing to 1 over
         valid frames, and the hidden activations (B, F, hidden) that the domain-adversarial head reads."""
-        hidden = self.dropout(F.gelu(self.fc1(x), approximate="tanh"))
+        hidden = self.dropout(F.gelu(self.fc1(self.input_dropout(x)), approximate="tanh"))
         frame_logits = self.fc2(hidden)
         if self.attention is None:
             weights = valid.float() / valid.float().sum(dim=1, keepdim=True).clamp(min=1.0)

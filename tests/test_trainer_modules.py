@@ -55,3 +55,26 @@ def test_speaker_offset_moves_the_standardised_features_before_the_layer_norm_af
     assert torch.allclose(centred, expected, atol=1e-5)
     assert torch.allclose(model.features(x, start_layer=0, hidden=x, offset=torch.zeros(2, 512)),
                           model.features(x, start_layer=0, hidden=x), atol=1e-6)
+
+
+def test_input_dropout_zeroes_feature_channels_in_training_only() -> None:
+    torch.manual_seed(0)
+    head = EmotionHead(HeadConfig(hidden=16, dropout=0.0, input_dropout=0.5))
+    seen: list[torch.Tensor] = []
+    head.fc1.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs[0].detach()))
+    x = torch.randn(4, 50, 512).abs() + 0.1  # no exact zeros of its own
+    valid = torch.ones(4, 50, dtype=torch.bool)
+
+    head.train()
+    head(x, valid)
+    dropped = seen[-1] == 0
+    assert abs(dropped.float().mean().item() - 0.5) < 0.02  # 102,400 channels, each dropped with p = 0.5
+    assert torch.allclose(seen[-1][~dropped], 2.0 * x[~dropped])  # the kept ones rescaled by 1 / (1 - p)
+
+    head.eval()
+    eval_logits, _ = head(x, valid)
+    assert torch.equal(seen[-1], x)
+    plain = EmotionHead(HeadConfig(hidden=16, dropout=0.0))
+    plain.load_state_dict(head.state_dict())
+    plain.eval()
+    assert torch.equal(plain(x, valid)[0], eval_logits)  # no new weights: the runtime reads the same head

@@ -28,6 +28,8 @@ class HeadSettings(BaseModel):
                                                 "attentive: attention-weighted mean.")
     hidden: int = Field(256, ge=8, le=4096, description="Hidden width of the per-frame MLP.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the hidden activations.")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the encoder features the head reads "
+                                 "(each of the 512 channels of each frame; training only).")
 
 
 class DomainSettings(BaseModel):
