@@ -21,6 +21,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from edge_ser.features import FeatureParams
+
 FORMAT = "edge-ser-emotion-model/1"
 META_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -142,9 +144,14 @@ def _check_types(path: Path, meta: ModelMeta) -> None:
         raise CheckpointError(f"{path}: 'model_id' must not be empty")
     if not _is_int(meta.encoder_layers):
         raise CheckpointError(f"{path}: 'encoder_layers' must be an int, got {meta.encoder_layers!r:.60}")
-    if not all((_is_number(v) if k == "trim_db" else _is_int(v)) and v > 0 for k, v in meta.features.items()):
-        raise CheckpointError(f"{path}: 'features' values must be positive ints (trim_db: a positive number), "
-                              f"got {meta.features!r:.120}")
+    if not all(_is_number(v) if k == "level_db" else (_is_number(v) if k == "trim_db" else _is_int(v)) and v > 0
+               for k, v in meta.features.items()):
+        raise CheckpointError(f"{path}: 'features' values must be positive ints (trim_db: a positive number; "
+                              f"level_db: a number), got {meta.features!r:.120}")
+    try:
+        FeatureParams(**meta.features)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: 'features' {meta.features!r:.120} are not usable: {exc}") from None
     if not all(_is_number(v) and v > 0 for v in meta.window.values()):
         raise CheckpointError(f"{path}: 'window' values must be positive numbers, got {meta.window!r:.120}")
     prior = meta.class_log_prior

@@ -9,6 +9,12 @@ A model trained with ``FeatureParams.trim_db`` set sees its input without quiet 
 (:func:`trim_quiet_edges`), in training, in evaluation and in every window the agent scores, so that no
 model can learn what a corpus's leading or trailing silence looks like (the clip protocol's inputs carry it,
 the agent's VAD-cut windows do not).
+
+A model trained with ``FeatureParams.level_db`` set sees every input at the same loudness: the input is scaled
+so that its loud frames (the 95th percentile of its 20 ms frame energies) sit at ``level_db`` dBFS
+(:func:`normalize_level`), again in training, evaluation and every window the agent scores. Recording level
+is a property of the microphone, its gain and the distance to it, not of the speaker's emotion, and corpora
+disagree on it: some are peak-normalised clip by clip, others keep 20 dB between shouted and calm takes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from functools import lru_cache
 import numpy as np
 
 from edge_ser.types import SAMPLE_RATE
+
+LEVEL_DB_RANGE = (-60.0, -3.0)
+"""The loudness targets ``FeatureParams.level_db`` accepts, in dBFS."""
+
+LEVEL_PERCENTILE = 95.0
+"""The frame-energy percentile that ``normalize_level`` brings to the target: the input's loud frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +43,19 @@ class FeatureParams:
     n_mels: int = 80
     trim_db: float | None = None
     """Cut leading / trailing 20 ms frames this many dB below the loudest (None: keep the input whole)."""
+    level_db: float | None = None
+    """Scale each input so its loud frames sit at this many dBFS, -60 to -3 (None: keep the input's level)."""
 
     def __post_init__(self) -> None:
         if self.trim_db is not None and not self.trim_db > 0:
             raise ValueError(f"feature params: trim_db must be > 0 dB or None, got {self.trim_db!r}")
+        if self.level_db is not None and not LEVEL_DB_RANGE[0] <= self.level_db <= LEVEL_DB_RANGE[1]:
+            raise ValueError(f"feature params: level_db must be between {LEVEL_DB_RANGE[0]} and "
+                             f"{LEVEL_DB_RANGE[1]} dBFS or None, got {self.level_db!r}")
 
     def to_dict(self) -> dict[str, int | float]:
-        """As stored in checkpoints and cache keys; ``trim_db`` only when set, so older keys stay valid."""
+        """As stored in checkpoints and cache keys; ``trim_db`` and ``level_db`` only when set, so older keys
+        stay valid."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -121,9 +139,30 @@ def trim_quiet_edges(audio: np.ndarray, trim_db: float) -> np.ndarray:
     return audio[first * TRIM_FRAME : end]
 
 
+def loud_level_db(audio: np.ndarray) -> float | None:
+    """The level of ``audio``'s loud frames in dBFS: the 95th percentile of its 20 ms frame energies (mean
+    square; the whole input when it is shorter than a frame). None for digital silence."""
+    x = audio.astype(np.float64, copy=False)
+    count = len(x) // TRIM_FRAME
+    frames = x[: count * TRIM_FRAME].reshape(count, TRIM_FRAME) if count else x[None, :]
+    energy = np.einsum("ij,ij->i", frames, frames) / frames.shape[1]
+    loud = float(np.percentile(energy, LEVEL_PERCENTILE))
+    return 10.0 * np.log10(loud) if loud > 0.0 else None
+
+
+def normalize_level(audio: np.ndarray, level_db: float) -> np.ndarray:
+    """``audio`` scaled so that :func:`loud_level_db` of the result is ``level_db``; digital silence is returned
+    unchanged. Float64; samples may exceed 1.0 (the spectrogram does not clip)."""
+    level = loud_level_db(audio)
+    if level is None:
+        return audio
+    return audio.astype(np.float64) * 10.0 ** ((level_db - level) / 20.0)
+
+
 def log_mel(audio: np.ndarray, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
     """Whisper log-mel spectrogram of 16 kHz mono audio, shape (n_mels, len(audio) // hop), float32; with
-    ``params.trim_db`` set, of the audio without its quiet edges (:func:`trim_quiet_edges`), so fewer frames.
+    ``params.trim_db`` set, of the audio without its quiet edges (:func:`trim_quiet_edges`), so fewer frames;
+    with ``params.level_db`` set, of the (trimmed) audio brought to that loudness (:func:`normalize_level`).
 
     Raises ValueError for audio that is not 1-D, shorter than one FFT window, or not finite.
     """
@@ -136,6 +175,8 @@ def log_mel(audio: np.ndarray, params: FeatureParams = DEFAULT_PARAMS) -> np.nda
         raise ValueError("log_mel got NaN or infinite samples")
     if params.trim_db is not None:
         audio = trim_quiet_edges(audio, params.trim_db)
+    if params.level_db is not None:
+        audio = normalize_level(audio, params.level_db)
     x = audio.astype(np.float64, copy=False)
     half = params.n_fft // 2
     padded = np.pad(x, (half, half), mode="reflect")

@@ -44,6 +44,13 @@ def test_feature_params_with_trimming_roundtrip(tmp_path: Path) -> None:
     assert FeatureParams(**read_meta(tmp_path).features) == FeatureParams(trim_db=40.0)
 
 
+def test_feature_params_with_a_loudness_target_roundtrip(tmp_path: Path) -> None:
+    meta = _meta()
+    meta.features = FeatureParams(trim_db=40.0, level_db=-18.0).to_dict()
+    save_checkpoint(tmp_path, meta, _tensors())
+    assert FeatureParams(**read_meta(tmp_path).features) == FeatureParams(trim_db=40.0, level_db=-18.0)
+
+
 def test_tampered_weights_fail_the_checksum(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, _meta(), _tensors())
     weights = tmp_path / "model.safetensors"
@@ -73,6 +80,8 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
         (lambda d: d["head"].update(type="rnn"), "head.type"),
         (lambda d: d["features"].update(trim_db=-3.0), r"'features' values must be positive ints \(trim_db"),
         (lambda d: d["features"].update(n_mels=80.5), "'features' values"),
+        (lambda d: d["features"].update(level_db=6.0), r"level_db must be between -60\.0 and -3\.0 dBFS"),
+        (lambda d: d["features"].update(window="hann"), "'features' values"),
         (lambda d: d.update(speaker_norm={"reference": ["a"], "trained": False}), "'speaker_norm' must be null"),
         (lambda d: d.update(speaker_norm={"reference": [0.0]}), "a boolean 'trained'"),
         (lambda d: d.update(speaker_norm=[0.0]), "'speaker_norm' must be null or an object"),

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_ser.features import FeatureParams, encoder_frames, log_mel, mel_filters, n_frames, trim_quiet_edges
+from edge_ser.features import (
+    FeatureParams,
+    encoder_frames,
+    log_mel,
+    loud_level_db,
+    mel_filters,
+    n_frames,
+    normalize_level,
+    trim_quiet_edges,
+)
 
 torch = pytest.importorskip("torch")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -88,3 +97,35 @@ def test_trimming_keeps_silence_and_a_lone_click_usable() -> None:
     with pytest.raises(ValueError, match="trim_db"):
         FeatureParams(trim_db=0.0)
     assert "trim_db" not in FeatureParams().to_dict()  # older checkpoints and cache keys are unchanged
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason=f"corpus clip {CLIP} not available")
+def test_level_normalisation_makes_real_speech_gain_invariant() -> None:
+    audio, _ = sf.read(CLIP, dtype="float32")
+    level = loud_level_db(audio)
+    assert level is not None and -60.0 < level < -10.0  # RAVDESS keeps its takes' recorded levels
+    params = FeatureParams(level_db=-18.0)
+    assert loud_level_db(normalize_level(audio, -18.0)) == pytest.approx(-18.0, abs=1e-9)
+    quiet, loud = (audio * np.float32(10 ** (gain / 20)) for gain in (-20.0, 12.0))
+    assert np.median(log_mel(loud) - log_mel(quiet)) == pytest.approx(32.0 / 40.0, abs=0.01)  # 32 dB apart without it
+    reference = log_mel(audio, params)
+    np.testing.assert_allclose(log_mel(quiet, params), reference, atol=2e-3)
+    np.testing.assert_allclose(log_mel(loud, params), reference, atol=2e-3)
+    # the shift is one gain per input: the spectrogram's shape over time and frequency is untouched
+    np.testing.assert_allclose(reference - log_mel(audio), (-18.0 - level) / 40.0, atol=2e-3)
+    both = FeatureParams(trim_db=40.0, level_db=-18.0)
+    np.testing.assert_allclose(log_mel(audio, both), log_mel(normalize_level(trim_quiet_edges(audio, 40.0), -18.0)),
+                               atol=1e-6)
+
+
+def test_level_normalisation_leaves_silence_alone_and_checks_its_target() -> None:
+    silence = np.zeros(16_000, np.float32)
+    assert loud_level_db(silence) is None and normalize_level(silence, -18.0) is silence
+    assert log_mel(silence, FeatureParams(level_db=-18.0)).shape == (80, 100)
+    short = np.full(200, 0.1, np.float32)  # under one 20 ms frame: its mean square is the level
+    assert loud_level_db(short) == pytest.approx(-20.0)
+    for bad in (0.0, -61.0, 6.0):
+        with pytest.raises(ValueError, match=r"level_db must be between -60\.0 and -3\.0 dBFS"):
+            FeatureParams(level_db=bad)
+    assert "level_db" not in FeatureParams().to_dict()  # older checkpoints and cache keys are unchanged
+    assert FeatureParams(level_db=-18.0).to_dict()["level_db"] == -18.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from safetensors.numpy import load_file
 
+from edge_ser.audio import load_audio
 from edge_ser.checkpoint import load_checkpoint
 from edge_ser.features import FeatureParams
 from trainer.config import load_config
@@ -173,6 +176,34 @@ def test_a_model_trained_on_trimmed_inputs_keeps_trimming_them(workspace: dict[s
     cached = predict_cached(model, trimmed, some, 3)
     decoded, problems = predict_clips(model, [clips[i] for i in some], params=FeatureParams(**meta.features))
     assert not problems and np.allclose(cached, decoded, atol=0.05)
+
+
+def test_a_model_trained_at_one_loudness_scores_any_gain_alike(workspace: dict[str, Path]) -> None:
+    """``level_db``: the checkpoint carries it, the cache is its own, and a clip rewritten 20 dB quieter scores as
+    the original through the real decoding path (a model without it does not)."""
+    out = workspace["root"] / "levelled"
+    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1",
+                 "level_db=-18"]
+    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(out), *TINY, *[x for o in overrides for x in ("--set", o)]]) == 0
+    model, meta = build_model_from_checkpoint(out / "model")
+    params = FeatureParams(**meta.features)
+    assert params == FeatureParams(level_db=-18.0)
+    data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
+    plain = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides[:-1]), workspace["manifest"])
+    assert data.cache.views[0].folder != plain.cache.views[0].folder
+    clips = data.manifest.clips
+    some = list(range(0, len(clips), 9))
+    decoded, problems = predict_clips(model, [clips[i] for i in some], params=params)
+    assert not problems and np.allclose(predict_cached(model, data.cache.views[0], some, 3), decoded, atol=0.05)
+    source = clips[some[0]]
+    quiet = workspace["root"] / "quiet.wav"
+    sf.write(quiet, load_audio(source.path) * 0.1, 16_000, subtype="FLOAT")
+    pair = [source, dataclasses.replace(source, path=quiet)]
+    levelled, _ = predict_clips(model, pair, params=params)
+    unlevelled, _ = predict_clips(model, pair, params=FeatureParams())
+    np.testing.assert_allclose(levelled[0], levelled[1], atol=1e-4)  # float rounding (measured 2e-7)
+    assert np.abs(unlevelled[0] - unlevelled[1]).max() > 1e-3  # measured 0.025 after one tiny epoch
 
 
 def test_resume_continues_the_history(workspace: dict[str, Path]) -> None:

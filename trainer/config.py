@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_ser.features import FeatureParams
+from edge_ser.features import LEVEL_DB_RANGE, FeatureParams
 from trainer.augment import AugmentConfig
 
 
@@ -94,6 +94,10 @@ class TrainConfig(BaseModel):
     trim_db: float | None = Field(None, gt=0, le=120, description="Cut each input's leading and trailing 20 ms "
                                   "frames more than this many dB below its loudest (edge_ser.features); stored in "
                                   "the model, so evaluation and the agent cut the same way. null: inputs whole.")
+    level_db: float | None = Field(None, ge=LEVEL_DB_RANGE[0], le=LEVEL_DB_RANGE[1], description="Scale each "
+                                   "input so that its loud frames (95th percentile of 20 ms frame energies) sit "
+                                   "at this many dBFS (edge_ser.features); stored in the model, so evaluation and "
+                                   "the agent scale the same way. null: inputs at their recorded level.")
     normalize: Literal["none", "speaker"] = Field(
         "none", description="speaker: the head reads the encoder features centred on each speaker's mean over "
         "all that speaker's clips (labels unused; trainer/speaker_norm.py), in training and evaluation. Its "
@@ -162,7 +166,7 @@ class TrainConfig(BaseModel):
     @property
     def feature_params(self) -> FeatureParams:
         """The model's log-mel parameters (stored in its checkpoint and in the cache keys)."""
-        return FeatureParams(trim_db=self.trim_db)
+        return FeatureParams(trim_db=self.trim_db, level_db=self.level_db)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
