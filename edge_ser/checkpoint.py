@@ -128,6 +128,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _feature_value_ok(key: str, value: Any) -> bool:
+    """``level_db`` is a level in dBFS (any number), ``trim_db`` a positive number, the rest positive ints."""
+    if key == "level_db":
+        return _is_number(value)
+    return (_is_number(value) if key == "trim_db" else _is_int(value)) and value > 0
+
+
 def _check_types(path: Path, meta: ModelMeta) -> None:
     """Every field has the JSON type the runtime relies on (a damaged or hand-edited file fails here)."""
     expected: list[tuple[str, type | tuple[type, ...], str]] = [
@@ -144,8 +151,7 @@ def _check_types(path: Path, meta: ModelMeta) -> None:
         raise CheckpointError(f"{path}: 'model_id' must not be empty")
     if not _is_int(meta.encoder_layers):
         raise CheckpointError(f"{path}: 'encoder_layers' must be an int, got {meta.encoder_layers!r:.60}")
-    if not all(_is_number(v) if k == "level_db" else (_is_number(v) if k == "trim_db" else _is_int(v)) and v > 0
-               for k, v in meta.features.items()):
+    if not all(_feature_value_ok(k, v) for k, v in meta.features.items()):
         raise CheckpointError(f"{path}: 'features' values must be positive ints (trim_db: a positive number; "
                               f"level_db: a number), got {meta.features!r:.120}")
     try:

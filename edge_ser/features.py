@@ -13,8 +13,9 @@ the agent's VAD-cut windows do not).
 A model trained with ``FeatureParams.level_db`` set sees every input at the same loudness: the input is scaled
 so that its loud frames (the 95th percentile of its 20 ms frame energies) sit at ``level_db`` dBFS
 (:func:`normalize_level`), again in training, evaluation and every window the agent scores. Recording level
-is a property of the microphone, its gain and the distance to it, not of the speaker's emotion, and corpora
-disagree on it: some are peak-normalised clip by clip, others keep 20 dB between shouted and calm takes.
+depends on the microphone, its gain and the distance to it as well as on the speaker, and corpora disagree
+on it: some are peak-normalised clip by clip, others keep nearly 20 dB between shouted and calm takes
+(docs/training.md; docs/ablations.md measured what removing it costs).
 """
 
 from __future__ import annotations
