@@ -18,8 +18,9 @@ import soundfile as sf
 from safetensors.numpy import load_file
 
 from edge_ser.audio import load_audio
-from edge_ser.checkpoint import load_checkpoint
+from edge_ser.checkpoint import ModelMeta, load_checkpoint
 from edge_ser.features import FeatureParams
+from edge_ser.model import EmotionModel
 from trainer.config import load_config
 from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips
 from trainer.train import main as train_main
@@ -154,14 +155,20 @@ def test_evaluate_with_stream_adaptation_matches_the_cached_stream_replay(worksp
     assert result["adaptation"] == {"order": "grouped", "prior_s": 5.0, "seed": 1}
 
 
-def test_a_model_trained_on_trimmed_inputs_keeps_trimming_them(workspace: dict[str, Path]) -> None:
-    """``trim_db``: the cache, the checkpoint and decoding from audio all cut the same quiet edges."""
-    out = workspace["root"] / "trimmed"
-    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1",
-                 "trim_db=40"]
+def _train_tiny_with(workspace: dict[str, Path], name: str, setting: str
+                     ) -> tuple[list[str], EmotionModel, ModelMeta]:
+    """One tiny clean-view run with ``setting`` added: its overrides, its model and the model's metadata."""
+    out = workspace["root"] / name
+    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1", setting]
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
                        "--out", str(out), *TINY, *[x for o in overrides for x in ("--set", o)]]) == 0
     model, meta = build_model_from_checkpoint(out / "model")
+    return overrides, model, meta
+
+
+def test_a_model_trained_on_trimmed_inputs_keeps_trimming_them(workspace: dict[str, Path]) -> None:
+    """``trim_db``: the cache, the checkpoint and decoding from audio all cut the same quiet edges."""
+    overrides, model, meta = _train_tiny_with(workspace, "trimmed", "trim_db=40")
     assert FeatureParams(**meta.features) == FeatureParams(trim_db=40.0)
     config = load_config(ROOT / "configs" / "train-cpu.yaml", overrides)
     trimmed = prepare(config, workspace["manifest"]).cache.views[0]
@@ -181,12 +188,7 @@ def test_a_model_trained_on_trimmed_inputs_keeps_trimming_them(workspace: dict[s
 def test_a_model_trained_at_one_loudness_scores_any_gain_alike(workspace: dict[str, Path]) -> None:
     """``level_db``: the checkpoint carries it, the cache is its own, and a clip rewritten 20 dB quieter scores as
     the original through the real decoding path (a model without it does not)."""
-    out = workspace["root"] / "levelled"
-    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1",
-                 "level_db=-18"]
-    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
-                       "--out", str(out), *TINY, *[x for o in overrides for x in ("--set", o)]]) == 0
-    model, meta = build_model_from_checkpoint(out / "model")
+    overrides, model, meta = _train_tiny_with(workspace, "levelled", "level_db=-18")
     params = FeatureParams(**meta.features)
     assert params == FeatureParams(level_db=-18.0)
     data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
