@@ -120,6 +120,13 @@ TRIM_FRAME = 320
 """Samples per trimming frame: 20 ms, one encoder output frame."""
 
 
+def _frame_energies(audio: np.ndarray) -> np.ndarray:
+    """Sum of squares (float64) of each whole 20 ms frame of ``audio``, counted from the first sample."""
+    count = len(audio) // TRIM_FRAME
+    frames = audio[: count * TRIM_FRAME].astype(np.float64).reshape(count, TRIM_FRAME)
+    return np.einsum("ij,ij->i", frames, frames)
+
+
 def trim_quiet_edges(audio: np.ndarray, trim_db: float) -> np.ndarray:
     """``audio`` without its leading and trailing 20 ms frames whose energy is more than ``trim_db`` below the
     loudest frame's. Frames are counted from the first sample, so a multiple of 320 samples stays one; at
@@ -127,8 +134,7 @@ def trim_quiet_edges(audio: np.ndarray, trim_db: float) -> np.ndarray:
     count = len(audio) // TRIM_FRAME
     if count <= 2:
         return audio
-    frames = audio[: count * TRIM_FRAME].astype(np.float64).reshape(count, TRIM_FRAME)
-    energy = np.einsum("ij,ij->i", frames, frames)
+    energy = _frame_energies(audio)
     peak = float(energy.max())
     if peak <= 0.0:
         return audio
@@ -143,10 +149,10 @@ def trim_quiet_edges(audio: np.ndarray, trim_db: float) -> np.ndarray:
 def loud_level_db(audio: np.ndarray) -> float | None:
     """The level of ``audio``'s loud frames in dBFS: the 95th percentile of its 20 ms frame energies (mean
     square; the whole input when it is shorter than a frame). None for digital silence."""
-    x = audio.astype(np.float64, copy=False)
-    count = len(x) // TRIM_FRAME
-    frames = x[: count * TRIM_FRAME].reshape(count, TRIM_FRAME) if count else x[None, :]
-    energy = np.einsum("ij,ij->i", frames, frames) / frames.shape[1]
+    if len(audio) >= TRIM_FRAME:
+        energy = _frame_energies(audio) / TRIM_FRAME
+    else:
+        energy = np.array([np.mean(np.square(audio, dtype=np.float64))])
     loud = float(np.percentile(energy, LEVEL_PERCENTILE))
     return 10.0 * np.log10(loud) if loud > 0.0 else None
 
