@@ -9,7 +9,9 @@ scores each combination on the fold's held-out corpus (4-class UA, from the froz
   one head k times wider; ``snapshots: k`` in the recipe);
 * ``best k, weights``: the same epochs' weights averaged (``trainer.ensemble.average_weights``: one head);
 * ``epochs >= 3``: every epoch from the fourth on (the run stops ``patience`` epochs after its best), logits
-  or weights averaged (the latter is stochastic weight averaging at epoch granularity).
+  or weights averaged (the latter is stochastic weight averaging at epoch granularity);
+* ``lowest dev loss``: the one epoch with the lowest dev cross-entropy (``metrics.json``'s history) instead of
+  the best dev UA, a different rule for choosing the checkpoint.
 
 With several runs (seeds of one recipe) it also prints their mean and the runs merged fold by fold: each
 variant's model of every run, frame logits averaged (``merge_heads``), as the shipped model merges seeds.
@@ -42,7 +44,8 @@ from trainer.train import RunData, prepare
 FIRST_AVERAGED_EPOCH = 3
 Combine = Callable[[Sequence[Member], str], Member]
 VARIANTS: list[tuple[str, str, int | None, Combine | None]] = [
-    # (name, selection, k, how the members combine); k None = every epoch from FIRST_AVERAGED_EPOCH on
+    # (name, selection, k, how the members combine); selection: best dev UA first, every epoch, or lowest
+    # dev loss first; k None = every epoch from FIRST_AVERAGED_EPOCH on
     ("best 1", "best", 1, None),
     ("best 2", "best", 2, merge_heads),
     ("best 3", "best", 3, merge_heads),
@@ -51,6 +54,7 @@ VARIANTS: list[tuple[str, str, int | None, Combine | None]] = [
     ("best 5, weights", "best", 5, average_weights),
     (f"epochs >= {FIRST_AVERAGED_EPOCH}", "all", None, merge_heads),
     (f"epochs >= {FIRST_AVERAGED_EPOCH}, weights", "all", None, average_weights),
+    ("lowest dev loss", "loss", 1, None),
 ]
 
 
@@ -71,6 +75,13 @@ def _score(member: Member, config: TrainConfig, data: RunData, corpus: str, scra
     return float(rescore_fold(config, data, corpus, scratch, frame_mean=False)["4class"]["ua"])
 
 
+def _by_dev_loss(fold: Path) -> list[int]:
+    """The fold's epochs, lowest dev loss first (an earlier epoch wins a tie), from its ``metrics.json``."""
+    history = json.loads((fold / "metrics.json").read_text())["history"]
+    scored = [(float(e["dev_loss"]), int(e["epoch"])) for e in history if e.get("dev_loss") is not None]
+    return [epoch for _, epoch in sorted(scored)]
+
+
 Table = dict[str, dict[str, float]]  # {variant: {corpus: 4-class UA}}
 
 
@@ -81,11 +92,15 @@ def _variants(fold: Path) -> dict[str, Member | None]:
     loaded = {e: member for e, _, member in epochs}
     out: dict[str, Member | None] = {}
     for name, selection, k, combine in VARIANTS:
-        if not every and (selection == "all" or (k or 0) > len(epochs)):
+        if selection == "best":
+            chosen = [e for e, _, _ in epochs[:k]]
+        elif selection == "loss":
+            chosen = _by_dev_loss(fold)[:k]
+        else:
+            chosen = sorted(e for e, _, _ in epochs if e >= FIRST_AVERAGED_EPOCH)
+        if (not every and selection == "all") or len(chosen) < (k or 0) or any(e not in loaded for e in chosen):
             out[name] = None  # a run without keep_epochs kept only its best few
             continue
-        chosen = [e for e, _, _ in epochs[:k]] if selection == "best" else \
-            sorted(e for e, _, _ in epochs if e >= FIRST_AVERAGED_EPOCH)
         members = [loaded[e] for e in chosen]
         out[name] = members[0] if combine is None or len(members) == 1 else combine(members, name)
     return out
