@@ -43,6 +43,9 @@ class ModelMeta:
     head: dict[str, Any]
     features: dict[str, int | float]
     finetuned_layers: list[int] = field(default_factory=list)
+    mix_layers: list[int] = field(default_factory=list)
+    """Encoder blocks whose outputs the final LayerNorm reads as a learned mix (tensor ``layer_mix``); empty:
+    the last block alone."""
     base: dict[str, Any] = field(default_factory=lambda: {"name": "whisper-base"})
     class_log_prior: list[float] | None = None
     window: dict[str, float] = field(default_factory=lambda: {"window_s": 2.0, "hop_s": 1.0})
@@ -139,8 +142,9 @@ def _check_types(path: Path, meta: ModelMeta) -> None:
     """Every field has the JSON type the runtime relies on (a damaged or hand-edited file fails here)."""
     expected: list[tuple[str, type | tuple[type, ...], str]] = [
         ("model_id", str, "a string"), ("labels", list, "a list of strings"), ("head", dict, "an object"),
-        ("features", dict, "an object"), ("finetuned_layers", list, "a list of ints"), ("base", dict, "an object"),
-        ("window", dict, "an object"), ("training", dict, "an object"), ("metrics", dict, "an object"),
+        ("features", dict, "an object"), ("finetuned_layers", list, "a list of ints"),
+        ("mix_layers", list, "a list of ints"), ("base", dict, "an object"), ("window", dict, "an object"),
+        ("training", dict, "an object"), ("metrics", dict, "an object"),
         ("weights_sha256", str, "a hex string"),
     ]
     for name, kind, what in expected:
@@ -174,6 +178,11 @@ def _check_meta(path: Path, meta: ModelMeta) -> None:
     bad = [i for i in meta.finetuned_layers if not _is_int(i) or not 0 <= i < meta.encoder_layers]
     if bad:
         raise CheckpointError(f"{path}: 'finetuned_layers' {bad!r:.60} outside 0..{meta.encoder_layers - 1}")
+    mix = meta.mix_layers
+    if mix and (not all(_is_int(i) for i in mix) or mix != sorted(set(mix)) or len(mix) < 2 or mix[0] < 1
+                or mix[-1] != meta.encoder_layers):
+        raise CheckpointError(f"{path}: 'mix_layers' {mix!r:.60} must be two or more increasing ints in "
+                              f"1..{meta.encoder_layers} ending with {meta.encoder_layers}, or empty")
     if meta.head.get("type") not in ("frame", "attentive"):
         raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r:.60}")
     norm = meta.speaker_norm
@@ -195,6 +204,8 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
     for index in meta.finetuned_layers:
         if not any(name.startswith(f"encoder.layers.{index}.") for name in tensors):
             missing.append(f"encoder.layers.{index}.*")
+    if meta.mix_layers and "layer_mix" not in tensors:
+        missing.append("layer_mix")
     if missing:
         raise CheckpointError(f"{path}: missing tensors {missing}")
     n_classes = len(meta.labels)
@@ -204,6 +215,8 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
               "head.fc1.bias": (hidden,), "head.fc2.weight": (n_classes, hidden), "head.fc2.bias": (n_classes,)}
     if meta.head.get("type") == "attentive":
         shapes |= {"head.attention.weight": (1, hidden), "head.attention.bias": (1,)}
+    if meta.mix_layers:
+        shapes["layer_mix"] = (len(meta.mix_layers),)
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape or -1 in shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}; expected {shape} "

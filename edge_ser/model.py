@@ -6,6 +6,9 @@ Layout of ``EmotionModel``:
     log-mel (B, 80, T) -> conv1/conv2 (frozen) -> + positions -> encoder layers [0, n_layers)
     -> ``norm`` (LayerNorm, initialised from Whisper's final ``encoder/layer_norm``) -> per-frame head
 
+With ``mix_layers`` (e.g. (2, 3)) the LayerNorm reads a learned softmax-weighted sum of those blocks' outputs
+instead of the last block's alone (emotion is most readable in the middle of the encoder).
+
 Because the features pass through one LayerNorm after the last layer kept, a truncated encoder whose final
 layer norm is ``norm`` is exactly CTranslate2's Whisper ``encode`` on a model with fewer layers: the export
 to CTranslate2 is exact (engines/ct2.py).
@@ -14,6 +17,7 @@ to CTranslate2 is exact (engines/ct2.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,21 +175,55 @@ class EmotionHead(nn.Module):
 class EmotionModel(nn.Module):
     """Truncated Whisper encoder + final LayerNorm + emotion head; optional class-prior correction."""
 
-    def __init__(self, encoder: WhisperEncoder, norm: nn.LayerNorm, head: EmotionHead) -> None:
+    def __init__(self, encoder: WhisperEncoder, norm: nn.LayerNorm, head: EmotionHead,
+                 mix_layers: Sequence[int] = ()) -> None:
         super().__init__()
         self.encoder = encoder
         self.norm = norm
         self.head = head
+        self.mix_layers = tuple(mix_layers)
+        n_layers = len(encoder.layers)
+        if self.mix_layers and (list(self.mix_layers) != sorted(set(self.mix_layers)) or len(self.mix_layers) < 2
+                                or self.mix_layers[0] < 1 or self.mix_layers[-1] != n_layers):
+            raise ValueError(f"mix_layers must be two or more increasing block numbers in [1, {n_layers}] ending "
+                             f"with the last block, {n_layers}; got {list(self.mix_layers)}")
+        self.layer_mix = nn.Parameter(torch.zeros(len(self.mix_layers))) if self.mix_layers else None
         self.register_buffer("log_prior", torch.zeros(head.config.n_classes), persistent=False)
 
     def features(self, mel: torch.Tensor, start_layer: int = 0, hidden: torch.Tensor | None = None,
                  key_padding: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised encoder output; from ``mel``, or from cached ``hidden`` states entering ``start_layer``.
-        ``offset`` (B, D), in the final LayerNorm's unscaled space, is subtracted after it (per-speaker
-        centring, trainer/speaker_norm.py)."""
+        With ``mix_layers``, cached states past the last block (``start_layer`` = the number of blocks) hold
+        the mixed blocks' outputs side by side (B, F, k * D). ``offset`` (B, D), in the final LayerNorm's
+        unscaled space, is subtracted after it (per-speaker centring, trainer/speaker_norm.py)."""
         x = self.encoder.embed(mel) if hidden is None else hidden
-        feats = self.norm(self.encoder.run_layers(x, start_layer, key_padding=key_padding))
+        if self.layer_mix is None:
+            top = self.encoder.run_layers(x, start_layer, key_padding=key_padding)
+        else:
+            top = self._mixed(x, start_layer, key_padding)
+        feats = self.norm(top)
         return feats if offset is None else feats - self.norm.weight * offset[:, None, :]
+
+    def mixed_states(self, x: torch.Tensor, start_layer: int = 0, key_padding: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """The ``mix_layers`` blocks' outputs side by side (B, F, k * D), from states entering ``start_layer``
+        (what the trainer's cache holds for a layer-mixing model)."""
+        if start_layer >= self.mix_layers[0]:
+            raise ValueError(f"states entering block {start_layer} cannot give the outputs of blocks "
+                             f"{list(self.mix_layers)} to mix")
+        outputs = []
+        for index in range(start_layer, len(self.encoder.layers)):
+            x = self.encoder.layers[index](x, key_padding)
+            if index + 1 in self.mix_layers:
+                outputs.append(x)
+        return torch.cat(outputs, dim=-1)
+
+    def _mixed(self, x: torch.Tensor, start_layer: int, key_padding: torch.Tensor | None) -> torch.Tensor:
+        if start_layer != len(self.encoder.layers):
+            x = self.mixed_states(x, start_layer, key_padding)
+        states = x.chunk(len(self.mix_layers), dim=-1)
+        weights = torch.softmax(self.layer_mix, dim=0)  # type: ignore[arg-type]
+        return sum((w * s for w, s in zip(weights, states, strict=True)), torch.zeros_like(states[0]))
 
     def forward(self, mel: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(mel)
@@ -201,7 +239,7 @@ def model_from_checkpoint(
     """Rebuild the trained ``EmotionModel``: Whisper base layers, then the checkpoint's trained tensors."""
     encoder, norm = load_whisper_encoder(base_model_bin, meta.encoder_layers)
     head = EmotionHead(HeadConfig(**{**meta.head, "n_classes": len(meta.labels)}))
-    model = EmotionModel(encoder, norm, head)
+    model = EmotionModel(encoder, norm, head, meta.mix_layers)
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

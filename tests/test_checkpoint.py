@@ -68,6 +68,12 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, _meta(), tensors)
     with pytest.raises(CheckpointError, match=r"'head.fc2.weight' has shape \(4, 16\); expected \(8, 16\) \(8 labels"):
         save_checkpoint(tmp_path, _meta(), _tensors(n_classes=4))
+    mixing = _meta()
+    mixing.mix_layers = [2, 3]
+    with pytest.raises(CheckpointError, match=r"missing tensors \['layer_mix'\]"):
+        save_checkpoint(tmp_path, mixing, _tensors())
+    with pytest.raises(CheckpointError, match=r"'layer_mix' has shape \(3,\); expected \(2,\)"):
+        save_checkpoint(tmp_path, mixing, {**_tensors(), "layer_mix": np.zeros(3, dtype=np.float32)})
 
 
 @pytest.mark.parametrize(
@@ -77,6 +83,10 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
         (lambda d: d.update(encoder_layers=-1), "encoder_layers"),
         (lambda d: d.update(surprise=1), r"unknown fields \['surprise'\]"),
         (lambda d: d.update(finetuned_layers=[7]), r"finetuned_layers' \[7\]"),
+        (lambda d: d.update(mix_layers=[3]), r"'mix_layers' \[3\] must be two or more increasing ints"),
+        (lambda d: d.update(mix_layers=[2, 2, 3]), "'mix_layers'"),
+        (lambda d: d.update(mix_layers=[1, 2]), r"ending with 3"),
+        (lambda d: d.update(mix_layers="2,3"), "'mix_layers' must be a list of ints"),
         (lambda d: d["head"].update(type="rnn"), "head.type"),
         (lambda d: d["features"].update(trim_db=-3.0), r"'features' values must be positive ints \(trim_db"),
         (lambda d: d["features"].update(n_mels=80.5), "'features' values"),

@@ -418,3 +418,33 @@ def test_a_fine_tuned_layer_trains_and_both_engines_run_it(workspace: dict[str, 
         torch_engine.model.encoder.layers[2].load_state_dict(base)
     untuned = np.stack([s.clip_probs() for s in torch_engine.infer(mels)])
     assert np.abs(untuned - tuned).max() > 1e-2
+
+
+def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine(workspace: dict[str, Path]) -> None:
+    """``mix_layers: [2, 3]``: the cache adds layer 2, the checkpoint carries the learned mix, decoding the audio
+    gives the cached logits, and the CTranslate2 export (last layer only) refuses the model by name."""
+    from realdata import real_windows
+
+    from edge_ser.backends.torch_backend import TorchEngine
+    from engines.ct2 import export_ct2
+
+    overrides, model, meta = _train_tiny_with(workspace, "mixed", "mix_layers=[2,3]")
+    assert meta.mix_layers == [2, 3]
+    _, tensors = load_checkpoint(workspace["root"] / "mixed" / "model")
+    assert tensors["layer_mix"].shape == (2,) and np.abs(tensors["layer_mix"]).max() > 0  # the mix trained
+    data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
+    view = data.cache.views[0]
+    assert view.width == 1024 and (view.folder / "layer2.f16").is_file()
+    clips = data.manifest.clips
+    some = list(range(0, len(clips), 9))
+    decoded, problems = predict_clips(model, [clips[i] for i in some])
+    assert not problems and np.allclose(predict_cached(model, view, some, 3), decoded, atol=0.05)
+    windows = real_windows(2)
+    scores = TorchEngine(workspace["root"] / "mixed" / "model").infer(windows)
+    assert len(scores) == len(windows) and all(np.isclose(s.clip_probs().sum(), 1.0) for s in scores)
+    no_cache = workspace["root"] / "mixed-no-cache"
+    assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+                       "--out", str(no_cache), *TINY, "--no-cache", *[x for o in overrides for x in ("--set", o)]]) == 0
+    assert load_checkpoint(no_cache / "model")[0].mix_layers == [2, 3]
+    with pytest.raises(ValueError, match=r"mixes encoder layers \[2, 3\].*torch engine"):
+        export_ct2(workspace["root"] / "mixed" / "model", workspace["root"] / "mixed-ct2")

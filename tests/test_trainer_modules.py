@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from edge_ser.model import EmotionHead, EmotionModel, HeadConfig, WhisperEncoder
+from trainer.config import ConfigError, load_config
 from trainer.modules import TrainModule, gradient_reversal
 
 
@@ -78,3 +80,42 @@ def test_input_dropout_zeroes_feature_channels_in_training_only() -> None:
     plain.load_state_dict(head.state_dict())
     plain.eval()
     assert torch.equal(plain(x, valid)[0], eval_logits)  # no new weights: the runtime reads the same head
+
+
+def test_layer_mix_reads_the_same_features_from_cached_layers_as_from_the_blocks() -> None:
+    torch.manual_seed(0)
+    encoder = WhisperEncoder(2)
+    model = EmotionModel(encoder, torch.nn.LayerNorm(512), EmotionHead(HeadConfig(hidden=16, dropout=0.0)), (1, 2))
+    with torch.no_grad():
+        model.layer_mix.copy_(torch.tensor([0.3, -0.4]))
+    x = torch.randn(2, 10, 512)
+    first = encoder.layers[0](x)
+    second = encoder.layers[1](first)
+    weights = torch.softmax(torch.tensor([0.3, -0.4]), dim=0)
+    expected = torch.nn.functional.layer_norm(weights[0] * first + weights[1] * second, (512,))
+    from_blocks = model.features(x, start_layer=0, hidden=x)
+    from_cache = model.features(x, start_layer=2, hidden=torch.cat([first, second], dim=-1))
+    assert torch.allclose(from_blocks, expected, atol=1e-5)
+    assert torch.allclose(from_cache, expected, atol=1e-5)
+    from_cache.sum().backward()  # the mix weights learn
+    assert model.layer_mix.grad is not None and model.layer_mix.grad.abs().sum() > 0
+
+
+def test_layer_mix_refuses_blocks_it_cannot_read() -> None:
+    head = EmotionHead(HeadConfig(hidden=16))
+    for bad in [(2,), (1, 1, 2), (0, 2), (1, 2, 3), (1,)]:
+        with pytest.raises(ValueError, match="mix_layers"):
+            EmotionModel(WhisperEncoder(2), torch.nn.LayerNorm(512), head, bad)
+    model = EmotionModel(WhisperEncoder(2), torch.nn.LayerNorm(512), head, (1, 2))
+    with pytest.raises(ValueError, match="cannot give the outputs of blocks"):
+        model.features(torch.randn(1, 4, 512), start_layer=1, hidden=torch.randn(1, 4, 512))
+
+
+def test_a_layer_mix_recipe_is_checked_before_training() -> None:
+    assert load_config(None, ["mix_layers=[1,2,3]"]).mix_layers == [1, 2, 3]
+    for bad, message in [("mix_layers=[2]", "two or more increasing blocks"), ("mix_layers=[1,2]", "ending with"),
+                         ("mix_layers=[3,2]", "increasing"), ("mix_layers=[0,3]", "in 1..3")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [bad])
+    with pytest.raises(ConfigError, match="needs trainable_layers 0"):
+        load_config(None, ["mix_layers=[2,3]", "trainable_layers=1"])

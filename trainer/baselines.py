@@ -42,7 +42,7 @@ IMBALANCE = ("none", "downsample", "smote", "adasyn")
 
 def pooled_features(view: CachedView, indices: Sequence[int]) -> np.ndarray:
     """(N, 2 * d_model) float32: per-clip mean and standard deviation over frames."""
-    out = np.zeros((len(indices), 2 * view.states.shape[1]), dtype=np.float32)
+    out = np.zeros((len(indices), 2 * view.width), dtype=np.float32)
     for row, i in enumerate(indices):
         states = np.asarray(view.get(i), dtype=np.float32)
         out[row] = np.concatenate([states.mean(axis=0), states.std(axis=0)])

@@ -127,9 +127,10 @@ def _split(x: torch.Tensor, frames: torch.Tensor) -> list[np.ndarray]:
 
 
 class CachedView:
-    """Read-only access to one view's cached states at one layer."""
+    """Read-only access to one view's cached states at one layer, or at several side by side (``mix_layers``:
+    each clip's frames x (k * 512), the layers in that order, what a layer-mixing model reads)."""
 
-    def __init__(self, folder: Path, layer: int) -> None:
+    def __init__(self, folder: Path, layer: int, mix_layers: Sequence[int] = ()) -> None:
         self.folder = folder
         self.layer = layer
         index = np.load(folder / "index.npz")
@@ -137,16 +138,25 @@ class CachedView:
         self.length = index["length"]
         self.status = index["status"]
         total = int((self.start + self.length).max()) if len(self.start) else 0
-        path = folder / f"layer{layer}.f16"
-        self.states = np.memmap(path, dtype=np.float16, mode="r", shape=(max(total, 1), D_MODEL))
+        self.parts = [np.memmap(folder / f"layer{n}.f16", dtype=np.float16, mode="r", shape=(max(total, 1), D_MODEL))
+                      for n in (mix_layers or [layer])]
+        self.states = self.parts[-1] if mix_layers else self.parts[0]
         self.meta = json.loads((folder / "meta.json").read_text())
 
     def __len__(self) -> int:
         return len(self.start)
 
+    @property
+    def width(self) -> int:
+        """Channels of one frame as ``get`` returns it: 512 per layer."""
+        return D_MODEL * len(self.parts)
+
     def get(self, index: int) -> np.ndarray:
         start = int(self.start[index])
-        return self.states[start : start + int(self.length[index])]
+        stop = start + int(self.length[index])
+        if len(self.parts) == 1:
+            return self.states[start:stop]
+        return np.concatenate([part[start:stop] for part in self.parts], axis=1)
 
 
 @dataclass
@@ -176,11 +186,12 @@ def _base_encoder(base_bin: Path, layers: int, threads: int | None) -> WhisperEn
 def ensure_cache(manifest: Manifest, cache_dir: str | Path, layer: int, views: int, augment: AugmentConfig,
                  seed: int, max_clip_s: float, base_bin: Path, batch_frames: int = 4096,
                  threads: int | None = None, extra_layers: Sequence[int] = (),
-                 params: FeatureParams = DEFAULT_PARAMS) -> CacheSet:
+                 params: FeatureParams = DEFAULT_PARAMS, mix_layers: Sequence[int] = ()) -> CacheSet:
     """Build what is missing and open the cache of ``views`` views at ``layer`` for every clip in ``manifest``.
 
     ``extra_layers`` are computed in the same pass (e.g. layer 2 for later top-layer fine-tuning); ``params``
-    are the model's feature parameters (part of each view's key).
+    are the model's feature parameters (part of each view's key); with ``mix_layers`` (all among ``layer`` and
+    ``extra_layers``) the views are opened at those layers side by side (``CachedView``).
     """
     root = Path(cache_dir) / manifest.audio_key()
     recipes = [view_recipe(v, seed, max_clip_s, augment, base_bin, params) for v in range(views)]
@@ -190,7 +201,7 @@ def ensure_cache(manifest: Manifest, cache_dir: str | Path, layer: int, views: i
     if todo:
         _build(manifest, root, [recipes[v] for v in sorted(todo)], todo, augment, base_bin, batch_frames, threads,
                params)
-    opened = [CachedView(root / r.key(), layer) for r in recipes]
+    opened = [CachedView(root / r.key(), layer, mix_layers) for r in recipes]
     bad = {int(i): opened[0].meta["bad"].get(str(int(i)), "bad") for i in np.flatnonzero(opened[0].status)}
     return CacheSet(views=opened, bad=bad)
 

@@ -88,6 +88,10 @@ class TrainConfig(BaseModel):
     skip_bad: bool = Field(False, description="Drop bad manifest rows / undecodable clips instead of failing.")
     encoder_layers: int = Field(3, ge=1, le=6, description="Whisper-base encoder layers kept.")
     trainable_layers: int = Field(0, ge=0, description="Top encoder layers fine-tuned (the rest frozen).")
+    mix_layers: list[int] = Field(default_factory=list, description="Encoder blocks (1-based, increasing, "
+                                  "ending with encoder_layers) whose outputs the final LayerNorm reads as a "
+                                  "learned softmax-weighted mix, e.g. [2, 3]; empty: the last block alone. Needs "
+                                  "trainable_layers 0, and the cache holds each mixed block's output.")
     head: HeadSettings = Field(default_factory=HeadSettings, description="Emotion head.")
     max_clip_s: float = Field(8.0, gt=0.1, le=30.0, description="Longer clips are cropped (random for "
                               "training views, centred for evaluation).")
@@ -145,6 +149,15 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.trainable_layers > self.encoder_layers:
             raise ValueError(f"trainable_layers {self.trainable_layers} > encoder_layers {self.encoder_layers}")
+        mix = self.mix_layers
+        if mix and (mix != sorted(set(mix)) or len(mix) < 2 or mix[0] < 1 or mix[-1] != self.encoder_layers):
+            raise ValueError(f"mix_layers {mix} must be two or more increasing blocks in 1..{self.encoder_layers} "
+                             f"ending with encoder_layers {self.encoder_layers}, or empty")
+        if mix and (self.trainable_layers or self.normalize == "speaker" or self.regularize.speaker_shift_p
+                    or self.snapshots > 1):
+            raise ValueError(f"mix_layers {mix} needs trainable_layers 0, normalize 'none', "
+                             f"regularize.speaker_shift_p 0 and snapshots 1 (got {self.trainable_layers}, "
+                             f"{self.normalize!r}, {self.regularize.speaker_shift_p}, {self.snapshots})")
         if self.snapshots > 1 and (self.head.type != "frame" or self.trainable_layers):
             raise ValueError(f"snapshots {self.snapshots} needs head.type 'frame' and trainable_layers 0 (got "
                              f"{self.head.type!r}, {self.trainable_layers}): only frame heads over one frozen "

@@ -48,6 +48,9 @@ def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
         if meta.finetuned_layers:
             raise CheckpointError(f"{name}: fine-tuned encoder layers {meta.finetuned_layers} differ per member; "
                                   "only models over the same frozen encoder can be merged")
+        if meta.mix_layers:
+            raise CheckpointError(f"{name}: its learned mix of encoder layers {meta.mix_layers} differs per member; "
+                                  "only models that read the same features can be merged")
         for key in _SHARED_FIELDS:
             if getattr(meta, key) != getattr(first, key):
                 raise CheckpointError(f"{name}: {key} {getattr(meta, key)!r:.80} differs from {names[0]}'s "

@@ -76,7 +76,7 @@ def predict_cached(model: EmotionModel, view: CachedView, indices: Sequence[int]
     out = np.zeros((len(indices), model.head.config.n_classes), dtype=np.float32)
     for batch in _length_batches(lengths, batch_frames):
         longest = max(lengths[b] for b in batch)
-        states = np.zeros((len(batch), longest, view.states.shape[1]), dtype=np.float32)
+        states = np.zeros((len(batch), longest, view.width), dtype=np.float32)
         for row, b in enumerate(batch):
             states[row, : lengths[b]] = view.get(indices[b])
         frames = torch.tensor([lengths[b] for b in batch], device=device)
@@ -102,8 +102,7 @@ def predict_mels(model: EmotionModel, mels: Sequence[np.ndarray], batch_frames: 
         x, frames = pad_mels([mels[b] for b in batch])
         x, frames = x.to(device), frames.to(device)
         valid = valid_mask(frames, x.shape[-1] // 2)
-        hidden = model.encoder.embed(x)
-        feats = model.norm(model.encoder.run_layers(hidden, 0, key_padding=~valid))
+        feats = model.features(x, key_padding=~valid)
         _, clip_logits = model.head(feats, valid)
         out[batch] = (clip_logits - model.log_prior).float().cpu().numpy()
     return out

@@ -64,7 +64,10 @@ class TrainModule(nn.Module):
         if from_mel:
             with torch.no_grad():
                 x = encoder.embed(x)
-                x = encoder.run_layers(x, 0, self.start_layer, key_padding=~valid)
+                if self.model.mix_layers:  # the frozen blocks' outputs side by side, as the cache holds them
+                    x = self.model.mixed_states(x, 0, key_padding=~valid)
+                else:
+                    x = encoder.run_layers(x, 0, self.start_layer, key_padding=~valid)
         return self.model.features(x, start_layer=self.start_layer, hidden=x, key_padding=~valid, offset=offset)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool = False,

@@ -18,8 +18,8 @@ from trainer.modules import TrainModule, WeightAverage
 
 
 def checkpoint_tensors(model: EmotionModel, finetuned: Sequence[int]) -> dict[str, np.ndarray]:
-    """The trained tensors a checkpoint stores: ``norm.*``, ``head.*``, ``encoder.layers.<i>.*``."""
-    keep = ("norm.", "head.", *(f"encoder.layers.{i}." for i in finetuned))
+    """The trained tensors a checkpoint stores: ``norm.*``, ``head.*``, ``layer_mix``, ``encoder.layers.<i>.*``."""
+    keep = ("norm.", "head.", "layer_mix", *(f"encoder.layers.{i}." for i in finetuned))
     return {name: value.detach().float().cpu().numpy() for name, value in model.state_dict().items()
             if name.startswith(keep)}
 

