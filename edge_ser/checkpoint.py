@@ -123,6 +123,18 @@ def read_meta(folder: str | Path) -> ModelMeta:
     return meta
 
 
+def mix_layers_problem(mix: Any, n_layers: int) -> str | None:
+    """Why ``mix`` cannot name the encoder blocks a model mixes (None when it can): two or more increasing
+    1-based block numbers ending with the last block, ``n_layers``, or empty."""
+    if isinstance(mix, list | tuple) and not mix:
+        return None
+    if (not isinstance(mix, list | tuple) or not all(_is_int(i) for i in mix) or list(mix) != sorted(set(mix))
+            or len(mix) < 2 or mix[0] < 1 or mix[-1] != n_layers):
+        return (f"mix_layers {mix!r:.60} must be two or more increasing ints in 1..{n_layers} ending with "
+                f"{n_layers}, or empty")
+    return None
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -178,11 +190,9 @@ def _check_meta(path: Path, meta: ModelMeta) -> None:
     bad = [i for i in meta.finetuned_layers if not _is_int(i) or not 0 <= i < meta.encoder_layers]
     if bad:
         raise CheckpointError(f"{path}: 'finetuned_layers' {bad!r:.60} outside 0..{meta.encoder_layers - 1}")
-    mix = meta.mix_layers
-    if mix and (not all(_is_int(i) for i in mix) or mix != sorted(set(mix)) or len(mix) < 2 or mix[0] < 1
-                or mix[-1] != meta.encoder_layers):
-        raise CheckpointError(f"{path}: 'mix_layers' {mix!r:.60} must be two or more increasing ints in "
-                              f"1..{meta.encoder_layers} ending with {meta.encoder_layers}, or empty")
+    problem = mix_layers_problem(meta.mix_layers, meta.encoder_layers)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     if meta.head.get("type") not in ("frame", "attentive"):
         raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r:.60}")
     norm = meta.speaker_norm

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint
+from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, mix_layers_problem
 from edge_ser.ct2_format import LAYER_MAP, read_model
 from edge_ser.whisper_base import resolve_base
 
@@ -182,11 +182,9 @@ class EmotionModel(nn.Module):
         self.norm = norm
         self.head = head
         self.mix_layers = tuple(mix_layers)
-        n_layers = len(encoder.layers)
-        if self.mix_layers and (list(self.mix_layers) != sorted(set(self.mix_layers)) or len(self.mix_layers) < 2
-                                or self.mix_layers[0] < 1 or self.mix_layers[-1] != n_layers):
-            raise ValueError(f"mix_layers must be two or more increasing block numbers in [1, {n_layers}] ending "
-                             f"with the last block, {n_layers}; got {list(self.mix_layers)}")
+        problem = mix_layers_problem(self.mix_layers, len(encoder.layers))
+        if problem:
+            raise ValueError(problem)
         self.layer_mix = nn.Parameter(torch.zeros(len(self.mix_layers))) if self.mix_layers else None
         self.register_buffer("log_prior", torch.zeros(head.config.n_classes), persistent=False)
 

@@ -113,7 +113,7 @@ def test_layer_mix_refuses_blocks_it_cannot_read() -> None:
 
 def test_a_layer_mix_recipe_is_checked_before_training() -> None:
     assert load_config(None, ["mix_layers=[1,2,3]"]).mix_layers == [1, 2, 3]
-    for bad, message in [("mix_layers=[2]", "two or more increasing blocks"), ("mix_layers=[1,2]", "ending with"),
+    for bad, message in [("mix_layers=[2]", "two or more increasing ints"), ("mix_layers=[1,2]", "ending with"),
                          ("mix_layers=[3,2]", "increasing"), ("mix_layers=[0,3]", "in 1..3")]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, [bad])

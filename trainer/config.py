@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_ser.checkpoint import mix_layers_problem
 from edge_ser.features import LEVEL_DB_RANGE, FeatureParams
 from trainer.augment import AugmentConfig
 
@@ -150,9 +151,9 @@ class TrainConfig(BaseModel):
         if self.trainable_layers > self.encoder_layers:
             raise ValueError(f"trainable_layers {self.trainable_layers} > encoder_layers {self.encoder_layers}")
         mix = self.mix_layers
-        if mix and (mix != sorted(set(mix)) or len(mix) < 2 or mix[0] < 1 or mix[-1] != self.encoder_layers):
-            raise ValueError(f"mix_layers {mix} must be two or more increasing blocks in 1..{self.encoder_layers} "
-                             f"ending with encoder_layers {self.encoder_layers}, or empty")
+        problem = mix_layers_problem(mix, self.encoder_layers)
+        if problem:
+            raise ValueError(f"{problem} (encoder_layers {self.encoder_layers})")
         if mix and (self.trainable_layers or self.normalize == "speaker" or self.regularize.speaker_shift_p
                     or self.snapshots > 1):
             raise ValueError(f"mix_layers {mix} needs trainable_layers 0, normalize 'none', "
