@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from edge_ser.features import FeatureParams
 FORMAT = "edge-ser-emotion-model/1"
 META_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
+LAYER_JOINS = ("mix", "concat")
 _HEAD_TENSORS = ("norm.weight", "norm.bias", "head.fc1.weight", "head.fc1.bias", "head.fc2.weight", "head.fc2.bias")
 
 
@@ -44,8 +46,10 @@ class ModelMeta:
     features: dict[str, int | float]
     finetuned_layers: list[int] = field(default_factory=list)
     mix_layers: list[int] = field(default_factory=list)
-    """Encoder blocks whose outputs the final LayerNorm reads as a learned mix (tensor ``layer_mix``); empty:
-    the last block alone."""
+    """Encoder blocks whose outputs the head reads (joined by ``layer_join``); empty: the last block alone."""
+    layer_join: str = "mix"
+    """``mix``: the final LayerNorm reads a learned softmax-weighted sum of the ``mix_layers`` (tensor
+    ``layer_mix``); ``concat``: each block's output passes through it and the head reads them side by side."""
     base: dict[str, Any] = field(default_factory=lambda: {"name": "whisper-base"})
     class_log_prior: list[float] | None = None
     window: dict[str, float] = field(default_factory=lambda: {"window_s": 2.0, "hop_s": 1.0})
@@ -135,6 +139,11 @@ def mix_layers_problem(mix: Any, n_layers: int) -> str | None:
     return None
 
 
+def head_width(mix_layers: Sequence[int], layer_join: str, d_model: int) -> int:
+    """The width of the features the emotion head reads: k x ``d_model`` for k blocks side by side."""
+    return d_model * len(mix_layers) if mix_layers and layer_join == "concat" else d_model
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -155,8 +164,8 @@ def _check_types(path: Path, meta: ModelMeta) -> None:
     expected: list[tuple[str, type | tuple[type, ...], str]] = [
         ("model_id", str, "a string"), ("labels", list, "a list of strings"), ("head", dict, "an object"),
         ("features", dict, "an object"), ("finetuned_layers", list, "a list of ints"),
-        ("mix_layers", list, "a list of ints"), ("base", dict, "an object"), ("window", dict, "an object"),
-        ("training", dict, "an object"), ("metrics", dict, "an object"),
+        ("mix_layers", list, "a list of ints"), ("layer_join", str, "a string"), ("base", dict, "an object"),
+        ("window", dict, "an object"), ("training", dict, "an object"), ("metrics", dict, "an object"),
         ("weights_sha256", str, "a hex string"),
     ]
     for name, kind, what in expected:
@@ -193,6 +202,8 @@ def _check_meta(path: Path, meta: ModelMeta) -> None:
     problem = mix_layers_problem(meta.mix_layers, meta.encoder_layers)
     if problem:
         raise CheckpointError(f"{path}: {problem}")
+    if meta.layer_join not in LAYER_JOINS:
+        raise CheckpointError(f"{path}: 'layer_join' must be one of {list(LAYER_JOINS)}, got {meta.layer_join!r:.60}")
     if meta.head.get("type") not in ("frame", "attentive"):
         raise CheckpointError(f"{path}: head.type must be 'frame' or 'attentive', got {meta.head.get('type')!r:.60}")
     norm = meta.speaker_norm
@@ -214,23 +225,28 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
     for index in meta.finetuned_layers:
         if not any(name.startswith(f"encoder.layers.{index}.") for name in tensors):
             missing.append(f"encoder.layers.{index}.*")
-    if meta.mix_layers and "layer_mix" not in tensors:
+    mixing = bool(meta.mix_layers) and meta.layer_join == "mix"
+    if mixing and "layer_mix" not in tensors:
         missing.append("layer_mix")
     if missing:
         raise CheckpointError(f"{path}: missing tensors {missing}")
     n_classes = len(meta.labels)
     d_model = tensors["norm.weight"].shape[0] if tensors["norm.weight"].ndim == 1 else -1
     hidden = tensors["head.fc1.weight"].shape[0] if tensors["head.fc1.weight"].ndim == 2 else -1
-    shapes = {"norm.weight": (d_model,), "norm.bias": (d_model,), "head.fc1.weight": (hidden, d_model),
+    width = head_width(meta.mix_layers, meta.layer_join, d_model)
+    shapes = {"norm.weight": (d_model,), "norm.bias": (d_model,), "head.fc1.weight": (hidden, width),
               "head.fc1.bias": (hidden,), "head.fc2.weight": (n_classes, hidden), "head.fc2.bias": (n_classes,)}
     if meta.head.get("type") == "attentive":
         shapes |= {"head.attention.weight": (1, hidden), "head.attention.bias": (1,)}
-    if meta.mix_layers:
+    if mixing:
         shapes["layer_mix"] = (len(meta.mix_layers),)
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape or -1 in shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}; expected {shape} "
                                   f"({n_classes} labels, hidden {hidden}, d_model {d_model})")
+    if meta.speaker_norm is not None and width != d_model:
+        raise CheckpointError(f"{path}: 'speaker_norm' centres one block's {d_model} features; this model's head reads "
+                              f"blocks {meta.mix_layers} side by side ({width} features)")
     if meta.speaker_norm is not None and len(meta.speaker_norm["reference"]) != d_model:
         raise CheckpointError(f"{path}: speaker_norm.reference has {len(meta.speaker_norm['reference'])} values; "
                               f"expected d_model {d_model}")

@@ -6,8 +6,10 @@ Layout of ``EmotionModel``:
     log-mel (B, 80, T) -> conv1/conv2 (frozen) -> + positions -> encoder layers [0, n_layers)
     -> ``norm`` (LayerNorm, initialised from Whisper's final ``encoder/layer_norm``) -> per-frame head
 
-With ``mix_layers`` (e.g. (2, 3)) the LayerNorm reads a learned softmax-weighted sum of those blocks' outputs
-instead of the last block's alone (emotion is most readable in the middle of the encoder).
+With ``mix_layers`` (e.g. (2, 3)) the head reads those blocks' outputs instead of the last block's alone
+(emotion is most readable in the middle of the encoder), joined by ``layer_join``: ``mix``, the LayerNorm reads a
+learned softmax-weighted sum of them; ``concat``, each passes through the LayerNorm and the head reads them side
+by side (its input k x 512 wide).
 
 Because the features pass through one LayerNorm after the last layer kept, a truncated encoder whose final
 layer norm is ``norm`` is exactly CTranslate2's Whisper ``encode`` on a model with fewer layers: the export
@@ -26,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, mix_layers_problem
+from edge_ser.checkpoint import (
+    LAYER_JOINS,
+    CheckpointError,
+    ModelMeta,
+    head_width,
+    load_checkpoint,
+    mix_layers_problem,
+)
 from edge_ser.ct2_format import LAYER_MAP, read_model
 from edge_ser.whisper_base import resolve_base
 
@@ -176,30 +185,42 @@ class EmotionModel(nn.Module):
     """Truncated Whisper encoder + final LayerNorm + emotion head; optional class-prior correction."""
 
     def __init__(self, encoder: WhisperEncoder, norm: nn.LayerNorm, head: EmotionHead,
-                 mix_layers: Sequence[int] = ()) -> None:
+                 mix_layers: Sequence[int] = (), layer_join: str = "mix") -> None:
         super().__init__()
         self.encoder = encoder
         self.norm = norm
         self.head = head
         self.mix_layers = tuple(mix_layers)
+        self.layer_join = layer_join
         problem = mix_layers_problem(self.mix_layers, len(encoder.layers))
         if problem:
             raise ValueError(problem)
-        self.layer_mix = nn.Parameter(torch.zeros(len(self.mix_layers))) if self.mix_layers else None
+        if layer_join not in LAYER_JOINS:
+            raise ValueError(f"layer_join must be one of {LAYER_JOINS}, got {layer_join!r}")
+        width = head_width(self.mix_layers, layer_join, norm.normalized_shape[0])
+        if head.fc1.in_features != width:
+            raise ValueError(f"the head reads {head.fc1.in_features} features; mix_layers {list(self.mix_layers)} "
+                             f"joined by {layer_join!r} give {width}")
+        mixing = bool(self.mix_layers) and layer_join == "mix"
+        self.layer_mix = nn.Parameter(torch.zeros(len(self.mix_layers))) if mixing else None
         self.register_buffer("log_prior", torch.zeros(head.config.n_classes), persistent=False)
 
     def features(self, mel: torch.Tensor, start_layer: int = 0, hidden: torch.Tensor | None = None,
                  key_padding: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised encoder output; from ``mel``, or from cached ``hidden`` states entering ``start_layer``.
         With ``mix_layers``, cached states past the last block (``start_layer`` = the number of blocks) hold
-        the mixed blocks' outputs side by side (B, F, k * D). ``offset`` (B, D), in the final LayerNorm's
+        the mixed blocks' outputs side by side (B, F, k * D), and ``layer_join: concat`` returns (B, F, k * D)
+        features, each block normalised on its own. ``offset`` (B, D), in the final LayerNorm's
         unscaled space, is subtracted after it (per-speaker centring, trainer/speaker_norm.py)."""
         x = self.encoder.embed(mel) if hidden is None else hidden
-        if self.layer_mix is None:
-            top = self.encoder.run_layers(x, start_layer, key_padding=key_padding)
+        if not self.mix_layers:
+            feats = self.norm(self.encoder.run_layers(x, start_layer, key_padding=key_padding))
         else:
-            top = self._mixed(x, start_layer, key_padding)
-        feats = self.norm(top)
+            if start_layer != len(self.encoder.layers):
+                x = self.mixed_states(x, start_layer, key_padding)
+            states = x.chunk(len(self.mix_layers), dim=-1)
+            feats = self._mixed(states) if self.layer_mix is not None else torch.cat(
+                [self.norm(s) for s in states], dim=-1)
         return feats if offset is None else feats - self.norm.weight * offset[:, None, :]
 
     def mixed_states(self, x: torch.Tensor, start_layer: int = 0, key_padding: torch.Tensor | None = None
@@ -216,12 +237,10 @@ class EmotionModel(nn.Module):
                 outputs.append(x)
         return torch.cat(outputs, dim=-1)
 
-    def _mixed(self, x: torch.Tensor, start_layer: int, key_padding: torch.Tensor | None) -> torch.Tensor:
-        if start_layer != len(self.encoder.layers):
-            x = self.mixed_states(x, start_layer, key_padding)
-        states = x.chunk(len(self.mix_layers), dim=-1)
+    def _mixed(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The final LayerNorm of the blocks' softmax-weighted sum."""
         weights = torch.softmax(self.layer_mix, dim=0)  # type: ignore[arg-type]
-        return sum((w * s for w, s in zip(weights, states, strict=True)), torch.zeros_like(states[0]))
+        return self.norm(sum((w * s for w, s in zip(weights, states, strict=True)), torch.zeros_like(states[0])))
 
     def forward(self, mel: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(mel)
@@ -236,8 +255,9 @@ def model_from_checkpoint(
 ) -> EmotionModel:
     """Rebuild the trained ``EmotionModel``: Whisper base layers, then the checkpoint's trained tensors."""
     encoder, norm = load_whisper_encoder(base_model_bin, meta.encoder_layers)
-    head = EmotionHead(HeadConfig(**{**meta.head, "n_classes": len(meta.labels)}))
-    model = EmotionModel(encoder, norm, head, meta.mix_layers)
+    head = EmotionHead(HeadConfig(**{**meta.head, "n_classes": len(meta.labels)}),
+                       head_width(meta.mix_layers, meta.layer_join, D_MODEL))
+    model = EmotionModel(encoder, norm, head, meta.mix_layers, meta.layer_join)
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

@@ -50,8 +50,9 @@ def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path 
     """Write the CTranslate2 folder for the checkpoint in ``model_dir`` into ``out_dir``."""
     meta, tensors = load_checkpoint(model_dir)
     if meta.mix_layers:
-        raise ValueError(f"{model_dir}: the model mixes encoder layers {meta.mix_layers}; CTranslate2's encoder "
-                         "returns only its last layer, so this model runs on the torch engine (engine.type: torch)")
+        raise ValueError(f"{model_dir}: the model reads encoder layers {meta.mix_layers} ({meta.layer_join}); "
+                         "CTranslate2's encoder returns only its last layer, so this model runs on the torch engine "
+                         "(engine.type: torch)")
     base = resolve_base(base_dir)
     spec = read_model(base / "model.bin")
     dtype = spec.variables["encoder/conv1/weight"].dtype

@@ -74,6 +74,19 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, mixing, _tensors())
     with pytest.raises(CheckpointError, match=r"'layer_mix' has shape \(3,\); expected \(2,\)"):
         save_checkpoint(tmp_path, mixing, {**_tensors(), "layer_mix": np.zeros(3, dtype=np.float32)})
+    side_by_side = _meta()
+    side_by_side.mix_layers, side_by_side.layer_join = [2, 3], "concat"
+    with pytest.raises(CheckpointError, match=r"'head.fc1.weight' has shape \(16, 512\); expected \(16, 1024\)"):
+        save_checkpoint(tmp_path, side_by_side, _tensors())
+    wide = {**_tensors(), "head.fc1.weight": np.zeros((16, 1024), dtype=np.float32)}
+    assert load_checkpoint(save_checkpoint(tmp_path, side_by_side, wide))[0].layer_join == "concat"
+    side_by_side.speaker_norm = {"reference": [0.0] * 512, "trained": False}
+    with pytest.raises(CheckpointError, match=r"'speaker_norm' centres one block's 512 features; .* \(1024 features\)"):
+        save_checkpoint(tmp_path, side_by_side, wide)
+    meta_file = tmp_path / "model.json"
+    meta_file.write_text(meta_file.read_text().replace('"layer_join": "concat"', '"layer_join": "sum"'))
+    with pytest.raises(CheckpointError, match=r"json: 'layer_join' must be one of \['mix', 'concat'\], got 'sum'"):
+        load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(

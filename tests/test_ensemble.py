@@ -77,6 +77,34 @@ def test_loco_folders_are_merged_fold_by_fold(members: list[Path], tmp_path: Pat
     assert "trainer.ensemble" in (tmp_path / "ens" / "ensemble-command.txt").read_text()
 
 
+def side_by_side(folder: Path, seed: int) -> Path:
+    """A model reading blocks 2 and 3 side by side (``layer_join: concat``), with its own random head."""
+    meta, tensors = load_checkpoint(MODEL)
+    rng = np.random.default_rng(seed)
+    hidden, d_model = tensors["head.fc1.weight"].shape
+    tensors = {**tensors, "norm.weight": rng.uniform(0.5, 1.5, d_model), "norm.bias": rng.normal(0, 0.2, d_model),
+               "head.fc1.weight": rng.normal(0, 0.05, (hidden, 2 * d_model))}
+    meta.model_id, meta.mix_layers, meta.layer_join = f"concat-{seed}", [2, 3], "concat"
+    meta.speaker_norm = None  # stream centring reads one block's features
+    return save_checkpoint(folder, meta, tensors)
+
+
+def test_heads_reading_blocks_side_by_side_merge_exactly(tmp_path: Path) -> None:
+    from edge_ser.backends.torch_backend import TorchEngine
+
+    members = [side_by_side(tmp_path / f"m{seed}", seed) for seed in (1, 2)]
+    assert main([*map(str, members), "--out", str(tmp_path / "ens")]) == 0
+    meta, tensors = load_checkpoint(tmp_path / "ens")
+    assert (meta.mix_layers, meta.layer_join) == ([2, 3], "concat") and tensors["head.fc1.weight"].shape[1] == 1024
+    mels = real_windows(per_corpus=1)
+    each = [TorchEngine(m).infer(mels) for m in members]
+    merged = TorchEngine(tmp_path / "ens").infer(mels)
+    for i, scores in enumerate(merged):
+        mean = np.mean([e[i].logits for e in each], axis=0)
+        assert np.abs(scores.logits - mean).max() < 1e-3 * max(1.0, np.abs(mean).max())
+    assert max(np.abs(each[0][i].logits - each[1][i].logits).max() for i in range(len(mels))) > 0.1
+
+
 def test_members_that_cannot_be_merged_are_named(members: list[Path], tmp_path: Path) -> None:
     a, b = load_checkpoint(members[0]), load_checkpoint(members[1])
     with pytest.raises(CheckpointError, match="at least 2 members"):
@@ -87,6 +115,12 @@ def test_members_that_cannot_be_merged_are_named(members: list[Path], tmp_path: 
     tuned = (type(b[0])(**{**b[0].to_dict(), "finetuned_layers": [2]}), b[1])
     with pytest.raises(CheckpointError, match="fine-tuned encoder layers"):
         merge_heads([a, tuned], "x")
+    mixing = (type(b[0])(**{**b[0].to_dict(), "mix_layers": [2, 3]}), b[1])
+    with pytest.raises(CheckpointError, match=r"learned mix of encoder layers \[2, 3\]"):
+        merge_heads([a, mixing], "x")
+    wide = load_checkpoint(side_by_side(tmp_path / "wide", 1))
+    with pytest.raises(CheckpointError, match=r"mix_layers \[2, 3\] differs"):
+        merge_heads([a, wide], "x", ["default", "wide"])
     attentive = (type(b[0])(**{**b[0].to_dict(), "head": {**b[0].head, "type": "attentive"}}), b[1])
     with pytest.raises(CheckpointError, match="head type 'attentive'"):
         merge_heads([a, attentive], "x")

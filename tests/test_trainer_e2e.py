@@ -155,11 +155,12 @@ def test_evaluate_with_stream_adaptation_matches_the_cached_stream_replay(worksp
     assert result["adaptation"] == {"order": "grouped", "prior_s": 5.0, "seed": 1}
 
 
-def _train_tiny_with(workspace: dict[str, Path], name: str, setting: str
+def _train_tiny_with(workspace: dict[str, Path], name: str, *settings: str
                      ) -> tuple[list[str], EmotionModel, ModelMeta]:
-    """One tiny clean-view run with ``setting`` added: its overrides, its model and the model's metadata."""
+    """One tiny clean-view run with ``settings`` added: its overrides, its model and the model's metadata."""
     out = workspace["root"] / name
-    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1", setting]
+    overrides = [f"cache_dir={workspace['cache']}", f"labels={ROOT / 'configs' / 'labels.yaml'}", "views=1",
+                 *settings]
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
                        "--out", str(out), *TINY, *[x for o in overrides for x in ("--set", o)]]) == 0
     model, meta = build_model_from_checkpoint(out / "model")
@@ -446,5 +447,30 @@ def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
                        "--out", str(no_cache), *TINY, "--no-cache", *[x for o in overrides for x in ("--set", o)]]) == 0
     assert load_checkpoint(no_cache / "model")[0].mix_layers == [2, 3]
-    with pytest.raises(ValueError, match=r"mixes encoder layers \[2, 3\].*torch engine"):
+    with pytest.raises(ValueError, match=r"reads encoder layers \[2, 3\] \(mix\).*torch engine"):
         export_ct2(workspace["root"] / "mixed" / "model", workspace["root"] / "mixed-ct2")
+
+
+def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_the_torch_engine(
+        workspace: dict[str, Path]) -> None:
+    """``layer_join: concat``: the head reads blocks 2 and 3 side by side (1024 features), decoding the audio
+    gives the cached logits, and the CTranslate2 export refuses the model by name."""
+    from realdata import real_windows
+
+    from edge_ser.backends.torch_backend import TorchEngine
+    from engines.ct2 import export_ct2
+
+    overrides, model, meta = _train_tiny_with(workspace, "side-by-side", "mix_layers=[2,3]", "layer_join=concat")
+    assert (meta.mix_layers, meta.layer_join) == ([2, 3], "concat")
+    _, tensors = load_checkpoint(workspace["root"] / "side-by-side" / "model")
+    assert tensors["head.fc1.weight"].shape[1] == 1024 and "layer_mix" not in tensors
+    data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
+    clips = data.manifest.clips
+    some = list(range(0, len(clips), 9))
+    decoded, problems = predict_clips(model, [clips[i] for i in some])
+    assert not problems and np.allclose(predict_cached(model, data.cache.views[0], some, 3), decoded, atol=0.05)
+    windows = real_windows(2)
+    scores = TorchEngine(workspace["root"] / "side-by-side" / "model").infer(windows)
+    assert len(scores) == len(windows) and all(np.isclose(s.clip_probs().sum(), 1.0) for s in scores)
+    with pytest.raises(ValueError, match=r"reads encoder layers \[2, 3\] \(concat\).*torch engine"):
+        export_ct2(workspace["root"] / "side-by-side" / "model", workspace["root"] / "side-by-side-ct2")

@@ -101,6 +101,31 @@ def test_layer_mix_reads_the_same_features_from_cached_layers_as_from_the_blocks
     assert model.layer_mix.grad is not None and model.layer_mix.grad.abs().sum() > 0
 
 
+def test_concat_join_reads_each_block_normalised_side_by_side() -> None:
+    torch.manual_seed(0)
+    encoder = WhisperEncoder(2)
+    norm = torch.nn.LayerNorm(512)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    model = EmotionModel(encoder, norm, EmotionHead(HeadConfig(hidden=16, dropout=0.0), 1024), (1, 2), "concat")
+    assert model.layer_mix is None  # nothing to mix: the head weighs the blocks itself
+    x = torch.randn(2, 10, 512)
+    first = encoder.layers[0](x)
+    second = encoder.layers[1](first)
+    expected = torch.cat([norm(first), norm(second)], dim=-1)
+    from_blocks = model.features(x, start_layer=0, hidden=x)
+    from_cache = model.features(x, start_layer=2, hidden=torch.cat([first, second], dim=-1))
+    assert from_blocks.shape == (2, 10, 1024)
+    assert torch.allclose(from_blocks, expected, atol=1e-5) and torch.allclose(from_cache, expected, atol=1e-5)
+    frame_logits, clip_logits = model(torch.randn(1, 80, 40))
+    assert frame_logits.shape == (1, 20, 8) and clip_logits.shape == (1, 8)
+    with pytest.raises(ValueError, match=r"head reads 512 features; mix_layers \[1, 2\] joined by 'concat' give 1024"):
+        EmotionModel(WhisperEncoder(2), torch.nn.LayerNorm(512), EmotionHead(HeadConfig(hidden=16)), (1, 2), "concat")
+    with pytest.raises(ValueError, match="layer_join must be one of"):
+        EmotionModel(WhisperEncoder(2), torch.nn.LayerNorm(512), EmotionHead(HeadConfig(hidden=16)), (1, 2), "sum")
+
+
 def test_layer_mix_refuses_blocks_it_cannot_read() -> None:
     head = EmotionHead(HeadConfig(hidden=16))
     for bad in [(2,), (1, 1, 2), (0, 2), (1, 2, 3), (1,)]:
@@ -119,3 +144,8 @@ def test_a_layer_mix_recipe_is_checked_before_training() -> None:
             load_config(None, [bad])
     with pytest.raises(ConfigError, match="needs trainable_layers 0"):
         load_config(None, ["mix_layers=[2,3]", "trainable_layers=1"])
+    assert load_config(None, ["mix_layers=[2,3]", "layer_join=concat"]).layer_join == "concat"
+    with pytest.raises(ConfigError, match="layer_join 'concat' needs mix_layers"):
+        load_config(None, ["layer_join=concat"])
+    with pytest.raises(ConfigError, match="layer_join"):
+        load_config(None, ["mix_layers=[2,3]", "layer_join=sum"])

@@ -93,6 +93,10 @@ class TrainConfig(BaseModel):
                                   "ending with encoder_layers) whose outputs the final LayerNorm reads as a "
                                   "learned softmax-weighted mix, e.g. [2, 3]; empty: the last block alone. Needs "
                                   "trainable_layers 0, and the cache holds each mixed block's output.")
+    layer_join: Literal["mix", "concat"] = Field("mix", description="How the head reads mix_layers: 'mix', the "
+                                                 "final LayerNorm of their learned softmax-weighted sum; 'concat', "
+                                                 "each block through the final LayerNorm, side by side (the head "
+                                                 "reads k x 512 features).")
     head: HeadSettings = Field(default_factory=HeadSettings, description="Emotion head.")
     max_clip_s: float = Field(8.0, gt=0.1, le=30.0, description="Longer clips are cropped (random for "
                               "training views, centred for evaluation).")
@@ -154,6 +158,8 @@ class TrainConfig(BaseModel):
         problem = mix_layers_problem(mix, self.encoder_layers)
         if problem:
             raise ValueError(f"{problem} (encoder_layers {self.encoder_layers})")
+        if self.layer_join == "concat" and not mix:
+            raise ValueError("layer_join 'concat' needs mix_layers (the blocks to read side by side)")
         if mix and (self.trainable_layers or self.normalize == "speaker" or self.regularize.speaker_shift_p
                     or self.snapshots > 1):
             raise ValueError(f"mix_layers {mix} needs trainable_layers 0, normalize 'none', "

@@ -14,8 +14,9 @@ one wider head (K x hidden units), not K models, and runs unchanged on every eng
 
 Frame logits (and therefore clip logits, their mean) of the merged model equal the mean of the members'
 logits up to float rounding (``tests/test_ensemble.py``). Members must agree on labels, encoder layers, base,
-features and class prior, have a ``frame`` head and no fine-tuned encoder layers; anything else is refused
-with the member and the difference named.
+features, class prior and the blocks they read (``mix_layers`` side by side, ``layer_join: concat``, whose one
+LayerNorm is folded block by block), have a ``frame`` head, no fine-tuned encoder layers and no learned layer
+mix; anything else is refused with the member and the difference named.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, sav
 log = logging.getLogger(__name__)
 
 Member = tuple[ModelMeta, dict[str, np.ndarray]]
-_SHARED_FIELDS = ("labels", "encoder_layers", "features", "base", "class_log_prior", "speaker_norm")
+_SHARED_FIELDS = ("labels", "encoder_layers", "mix_layers", "layer_join", "features", "base", "class_log_prior",
+                  "speaker_norm")
 
 
 def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
@@ -48,7 +50,7 @@ def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
         if meta.finetuned_layers:
             raise CheckpointError(f"{name}: fine-tuned encoder layers {meta.finetuned_layers} differ per member; "
                                   "only models over the same frozen encoder can be merged")
-        if meta.mix_layers:
+        if meta.mix_layers and meta.layer_join == "mix":
             raise CheckpointError(f"{name}: its learned mix of encoder layers {meta.mix_layers} differs per member; "
                                   "only models that read the same features can be merged")
         for key in _SHARED_FIELDS:
@@ -72,8 +74,9 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
     _check_members(members, names)
     fc1_w, fc1_b, fc2_w = [], [], []
     for _, t in members:
-        g, b = t["norm.weight"].astype(np.float64), t["norm.bias"].astype(np.float64)
         w1 = t["head.fc1.weight"].astype(np.float64)
+        blocks = w1.shape[1] // t["norm.weight"].shape[0]  # the LayerNorm is applied to each block side by side
+        g, b = (np.tile(t[f"norm.{n}"].astype(np.float64), blocks) for n in ("weight", "bias"))
         fc1_w.append(w1 * g[None, :])
         fc1_b.append(t["head.fc1.bias"].astype(np.float64) + w1 @ b)
         fc2_w.append(t["head.fc2.weight"].astype(np.float64))
@@ -95,6 +98,7 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
     dev = [_dev_ua(m) for m, _ in members]
     meta = ModelMeta(
         model_id=model_id, labels=list(first.labels), encoder_layers=first.encoder_layers,
+        mix_layers=list(first.mix_layers), layer_join=first.layer_join,
         head={**first.head, "hidden": int(tensors["head.fc1.weight"].shape[0])}, features=dict(first.features),
         base=dict(first.base), class_log_prior=first.class_log_prior, window=dict(first.window),
         speaker_norm=first.speaker_norm, training={**first.training, "ensemble": member_info},

