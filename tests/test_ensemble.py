@@ -91,11 +91,14 @@ def side_by_side(folder: Path, seed: int) -> Path:
 
 def test_heads_reading_blocks_side_by_side_merge_exactly(tmp_path: Path) -> None:
     from edge_ser.backends.torch_backend import TorchEngine
+    from trainer.card import render
 
     members = [side_by_side(tmp_path / f"m{seed}", seed) for seed in (1, 2)]
     assert main([*map(str, members), "--out", str(tmp_path / "ens")]) == 0
     meta, tensors = load_checkpoint(tmp_path / "ens")
     assert (meta.mix_layers, meta.layer_join) == ([2, 3], "concat") and tensors["head.fc1.weight"].shape[1] == 1024
+    assert "over the final LayerNorm of blocks [2, 3] each, side by side;" in render(tmp_path / "ens", None, "",
+                                                                                     tmp_path)
     mels = real_windows(per_corpus=1)
     each = [TorchEngine(m).infer(mels) for m in members]
     merged = TorchEngine(tmp_path / "ens").infer(mels)

