@@ -90,8 +90,8 @@ class TrainConfig(BaseModel):
     encoder_layers: int = Field(3, ge=1, le=6, description="Whisper-base encoder layers kept.")
     trainable_layers: int = Field(0, ge=0, description="Top encoder layers fine-tuned (the rest frozen).")
     mix_layers: list[int] = Field(default_factory=list, description="Encoder blocks (1-based, increasing, "
-                                  "ending with encoder_layers) whose outputs the final LayerNorm reads as a "
-                                  "learned softmax-weighted mix, e.g. [2, 3]; empty: the last block alone. Needs "
+                                  "ending with encoder_layers) whose outputs the head reads, joined as "
+                                  "layer_join says, e.g. [2, 3]; empty: the last block alone. Needs "
                                   "trainable_layers 0, and the cache holds each mixed block's output.")
     layer_join: Literal["mix", "concat"] = Field("mix", description="How the head reads mix_layers: 'mix', the "
                                                  "final LayerNorm of their learned softmax-weighted sum; 'concat', "
