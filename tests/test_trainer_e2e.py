@@ -421,18 +421,15 @@ def test_a_fine_tuned_layer_trains_and_both_engines_run_it(workspace: dict[str, 
     assert np.abs(untuned - tuned).max() > 1e-2
 
 
-def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine(workspace: dict[str, Path]) -> None:
-    """``mix_layers: [2, 3]``: the cache adds layer 2, the checkpoint carries the learned mix, decoding the audio
-    gives the cached logits, and the CTranslate2 export (last layer only) refuses the model by name."""
+def _runs_like_its_cache(workspace: dict[str, Path], name: str, model: EmotionModel, overrides: list[str],
+                         join: str) -> None:
+    """A model reading blocks 2 and 3: decoding the audio gives the cached logits, the torch engine runs it, and
+    the CTranslate2 export (last layer only) refuses it, naming the join."""
     from realdata import real_windows
 
     from edge_ser.backends.torch_backend import TorchEngine
     from engines.ct2 import export_ct2
 
-    overrides, model, meta = _train_tiny_with(workspace, "mixed", "mix_layers=[2,3]")
-    assert meta.mix_layers == [2, 3]
-    _, tensors = load_checkpoint(workspace["root"] / "mixed" / "model")
-    assert tensors["layer_mix"].shape == (2,) and np.abs(tensors["layer_mix"]).max() > 0  # the mix trained
     data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
     view = data.cache.views[0]
     assert view.width == 1024 and (view.folder / "layer2.f16").is_file()
@@ -441,36 +438,32 @@ def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine
     decoded, problems = predict_clips(model, [clips[i] for i in some])
     assert not problems and np.allclose(predict_cached(model, view, some, 3), decoded, atol=0.05)
     windows = real_windows(2)
-    scores = TorchEngine(workspace["root"] / "mixed" / "model").infer(windows)
+    scores = TorchEngine(workspace["root"] / name / "model").infer(windows)
     assert len(scores) == len(windows) and all(np.isclose(s.clip_probs().sum(), 1.0) for s in scores)
+    with pytest.raises(ValueError, match=rf"reads encoder layers \[2, 3\] \({join}\).*torch engine"):
+        export_ct2(workspace["root"] / name / "model", workspace["root"] / f"{name}-ct2")
+
+
+def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine(workspace: dict[str, Path]) -> None:
+    """``mix_layers: [2, 3]``: the cache adds layer 2, the checkpoint carries the learned mix, decoding the audio
+    gives the cached logits, and the CTranslate2 export (last layer only) refuses the model by name."""
+    overrides, model, meta = _train_tiny_with(workspace, "mixed", "mix_layers=[2,3]")
+    assert meta.mix_layers == [2, 3]
+    _, tensors = load_checkpoint(workspace["root"] / "mixed" / "model")
+    assert tensors["layer_mix"].shape == (2,) and np.abs(tensors["layer_mix"]).max() > 0  # the mix trained
+    _runs_like_its_cache(workspace, "mixed", model, overrides, "mix")
     no_cache = workspace["root"] / "mixed-no-cache"
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
                        "--out", str(no_cache), *TINY, "--no-cache", *[x for o in overrides for x in ("--set", o)]]) == 0
     assert load_checkpoint(no_cache / "model")[0].mix_layers == [2, 3]
-    with pytest.raises(ValueError, match=r"reads encoder layers \[2, 3\] \(mix\).*torch engine"):
-        export_ct2(workspace["root"] / "mixed" / "model", workspace["root"] / "mixed-ct2")
 
 
 def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_the_torch_engine(
         workspace: dict[str, Path]) -> None:
     """``layer_join: concat``: the head reads blocks 2 and 3 side by side (1024 features), decoding the audio
     gives the cached logits, and the CTranslate2 export refuses the model by name."""
-    from realdata import real_windows
-
-    from edge_ser.backends.torch_backend import TorchEngine
-    from engines.ct2 import export_ct2
-
     overrides, model, meta = _train_tiny_with(workspace, "side-by-side", "mix_layers=[2,3]", "layer_join=concat")
     assert (meta.mix_layers, meta.layer_join) == ([2, 3], "concat")
     _, tensors = load_checkpoint(workspace["root"] / "side-by-side" / "model")
     assert tensors["head.fc1.weight"].shape[1] == 1024 and "layer_mix" not in tensors
-    data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
-    clips = data.manifest.clips
-    some = list(range(0, len(clips), 9))
-    decoded, problems = predict_clips(model, [clips[i] for i in some])
-    assert not problems and np.allclose(predict_cached(model, data.cache.views[0], some, 3), decoded, atol=0.05)
-    windows = real_windows(2)
-    scores = TorchEngine(workspace["root"] / "side-by-side" / "model").infer(windows)
-    assert len(scores) == len(windows) and all(np.isclose(s.clip_probs().sum(), 1.0) for s in scores)
-    with pytest.raises(ValueError, match=r"reads encoder layers \[2, 3\] \(concat\).*torch engine"):
-        export_ct2(workspace["root"] / "side-by-side" / "model", workspace["root"] / "side-by-side-ct2")
+    _runs_like_its_cache(workspace, "side-by-side", model, overrides, "concat")
