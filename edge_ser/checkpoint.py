@@ -139,6 +139,11 @@ def mix_layers_problem(mix: Any, n_layers: int) -> str | None:
     return None
 
 
+def learns_layer_mix(mix_layers: Sequence[int], layer_join: str) -> bool:
+    """Whether the model reads a learned weighted sum of ``mix_layers`` (a ``layer_mix`` tensor of its own)."""
+    return bool(mix_layers) and layer_join == "mix"
+
+
 def head_width(mix_layers: Sequence[int], layer_join: str, d_model: int) -> int:
     """The width of the features the emotion head reads: k x ``d_model`` for k blocks side by side."""
     return d_model * len(mix_layers) if mix_layers and layer_join == "concat" else d_model
@@ -225,8 +230,7 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
     for index in meta.finetuned_layers:
         if not any(name.startswith(f"encoder.layers.{index}.") for name in tensors):
             missing.append(f"encoder.layers.{index}.*")
-    mixing = bool(meta.mix_layers) and meta.layer_join == "mix"
-    if mixing and "layer_mix" not in tensors:
+    if learns_layer_mix(meta.mix_layers, meta.layer_join) and "layer_mix" not in tensors:
         missing.append("layer_mix")
     if missing:
         raise CheckpointError(f"{path}: missing tensors {missing}")
@@ -238,7 +242,7 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
               "head.fc1.bias": (hidden,), "head.fc2.weight": (n_classes, hidden), "head.fc2.bias": (n_classes,)}
     if meta.head.get("type") == "attentive":
         shapes |= {"head.attention.weight": (1, hidden), "head.attention.bias": (1,)}
-    if mixing:
+    if learns_layer_mix(meta.mix_layers, meta.layer_join):
         shapes["layer_mix"] = (len(meta.mix_layers),)
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape or -1 in shape:

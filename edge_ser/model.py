@@ -33,6 +33,7 @@ from edge_ser.checkpoint import (
     CheckpointError,
     ModelMeta,
     head_width,
+    learns_layer_mix,
     load_checkpoint,
     mix_layers_problem,
 )
@@ -201,8 +202,8 @@ class EmotionModel(nn.Module):
         if head.fc1.in_features != width:
             raise ValueError(f"the head reads {head.fc1.in_features} features; mix_layers {list(self.mix_layers)} "
                              f"joined by {layer_join!r} give {width}")
-        mixing = bool(self.mix_layers) and layer_join == "mix"
-        self.layer_mix = nn.Parameter(torch.zeros(len(self.mix_layers))) if mixing else None
+        self.layer_mix = (nn.Parameter(torch.zeros(len(self.mix_layers)))
+                          if learns_layer_mix(self.mix_layers, layer_join) else None)
         self.register_buffer("log_prior", torch.zeros(head.config.n_classes), persistent=False)
 
     def features(self, mel: torch.Tensor, start_layer: int = 0, hidden: torch.Tensor | None = None,

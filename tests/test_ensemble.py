@@ -12,7 +12,7 @@ import pytest
 from realdata import real_windows
 
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trainer.ensemble import main, merge_heads
+from trainer.ensemble import average_weights, main, merge_heads
 
 pytest.importorskip("torch")
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -108,6 +108,36 @@ def test_heads_reading_blocks_side_by_side_merge_exactly(tmp_path: Path) -> None
     assert max(np.abs(each[0][i].logits - each[1][i].logits).max() for i in range(len(mels))) > 0.1
 
 
+def on_block(source: Path, folder: Path, block: int) -> Path:
+    """``source``'s norm and head on encoder block ``block`` (``encoder_layers``), without stream centring (its
+    reference belongs to one block), as a run reading that block would be."""
+    meta, tensors = load_checkpoint(source)
+    meta.encoder_layers, meta.model_id, meta.speaker_norm = block, f"block{block}-{folder.name}", None
+    return save_checkpoint(folder, meta, tensors)
+
+
+def test_heads_on_different_blocks_merge_into_one_reading_them_side_by_side(tmp_path: Path) -> None:
+    from edge_ser.backends.torch_backend import TorchEngine
+
+    members = [on_block(MODEL, tmp_path / "b3", 3), on_block(perturbed(tmp_path / "p", 1, "p"), tmp_path / "b2", 2),
+               side_by_side(tmp_path / "b23", 2)]
+    assert main([*map(str, members), "--out", str(tmp_path / "ens")]) == 0
+    meta, tensors = load_checkpoint(tmp_path / "ens")
+    assert (meta.encoder_layers, meta.mix_layers, meta.layer_join) == (3, [2, 3], "concat")
+    assert [m["blocks"] for m in meta.training["ensemble"]] == [[3], [2], [2, 3]]
+    hidden = load_checkpoint(MODEL)[0].head["hidden"]
+    assert not tensors["head.fc1.weight"][:hidden, :512].any()  # the block-3 member reads nothing of block 2
+    mels = real_windows(per_corpus=1)
+    each = [TorchEngine(m).infer(mels) for m in members]
+    merged = TorchEngine(tmp_path / "ens").infer(mels)
+    for i, scores in enumerate(merged):
+        mean = np.mean([e[i].logits for e in each], axis=0)
+        assert np.abs(scores.logits - mean).max() < 1e-3 * max(1.0, np.abs(mean).max())
+    # the same head on block 2 scores otherwise, so each member's block matters to the check above
+    same_head = TorchEngine(on_block(MODEL, tmp_path / "same", 2)).infer(mels)
+    assert max(np.abs(each[0][i].logits - same_head[i].logits).max() for i in range(len(mels))) > 0.1
+
+
 def test_members_that_cannot_be_merged_are_named(members: list[Path], tmp_path: Path) -> None:
     a, b = load_checkpoint(members[0]), load_checkpoint(members[1])
     with pytest.raises(CheckpointError, match="at least 2 members"):
@@ -121,9 +151,12 @@ def test_members_that_cannot_be_merged_are_named(members: list[Path], tmp_path: 
     mixing = (type(b[0])(**{**b[0].to_dict(), "mix_layers": [2, 3]}), b[1])
     with pytest.raises(CheckpointError, match=r"learned mix of encoder layers \[2, 3\]"):
         merge_heads([a, mixing], "x")
-    wide = load_checkpoint(side_by_side(tmp_path / "wide", 1))
-    with pytest.raises(CheckpointError, match=r"mix_layers \[2, 3\] differs"):
-        merge_heads([a, wide], "x", ["default", "wide"])
+    lower = (type(b[0])(**{**b[0].to_dict(), "encoder_layers": 2}), b[1])
+    centred = (type(a[0])(**{**a[0].to_dict(), "encoder_layers": 2}), a[1])
+    with pytest.raises(CheckpointError, match=r"blocks \[2, 3\] .* stream centring"):
+        merge_heads([a, centred], "x")
+    with pytest.raises(CheckpointError, match=r"lower: reads encoder blocks \[2\], default \[3\]"):
+        average_weights([a, lower], "x", ["default", "lower"])
     attentive = (type(b[0])(**{**b[0].to_dict(), "head": {**b[0].head, "type": "attentive"}}), b[1])
     with pytest.raises(CheckpointError, match="head type 'attentive'"):
         merge_heads([a, attentive], "x")

@@ -13,10 +13,14 @@ one wider head (K x hidden units), not K models, and runs unchanged on every eng
   divided by K, with the mean of their biases.
 
 Frame logits (and therefore clip logits, their mean) of the merged model equal the mean of the members'
-logits up to float rounding (``tests/test_ensemble.py``). Members must agree on labels, encoder layers, base,
-features, class prior and the blocks they read (``mix_layers`` side by side, ``layer_join: concat``, whose one
-LayerNorm is folded block by block), have a ``frame`` head, no fine-tuned encoder layers and no learned layer
-mix; anything else is refused with the member and the difference named.
+logits up to float rounding (``tests/test_ensemble.py``).
+
+Members may read different encoder blocks (a head on block 2, ``encoder_layers: 2``, and one on block 3): the
+merged model then runs the encoder to the deepest of them and reads every block any member reads side by
+side (``mix_layers`` = their union, ``layer_join: concat``), each member's ``fc1`` taking zeros for the blocks
+it does not read. Members must agree on labels, base, features and class prior, have a ``frame`` head, no
+fine-tuned encoder layers and no learned layer mix; anything else is refused with the member and the
+difference named.
 """
 
 from __future__ import annotations
@@ -30,13 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, save_checkpoint
+from edge_ser.checkpoint import CheckpointError, ModelMeta, learns_layer_mix, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 Member = tuple[ModelMeta, dict[str, np.ndarray]]
-_SHARED_FIELDS = ("labels", "encoder_layers", "mix_layers", "layer_join", "features", "base", "class_log_prior",
-                  "speaker_norm")
+_SHARED_FIELDS = ("labels", "features", "base", "class_log_prior", "speaker_norm")
 
 
 def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
@@ -50,13 +53,18 @@ def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
         if meta.finetuned_layers:
             raise CheckpointError(f"{name}: fine-tuned encoder layers {meta.finetuned_layers} differ per member; "
                                   "only models over the same frozen encoder can be merged")
-        if meta.mix_layers and meta.layer_join == "mix":
+        if learns_layer_mix(meta.mix_layers, meta.layer_join):
             raise CheckpointError(f"{name}: its learned mix of encoder layers {meta.mix_layers} differs per member; "
                                   "only models that read the same features can be merged")
         for key in _SHARED_FIELDS:
             if getattr(meta, key) != getattr(first, key):
                 raise CheckpointError(f"{name}: {key} {getattr(meta, key)!r:.80} differs from {names[0]}'s "
                                       f"{getattr(first, key)!r:.80}")
+
+
+def blocks_read(meta: ModelMeta) -> tuple[int, ...]:
+    """The encoder blocks (1-based) whose normalised outputs the member's head reads, side by side."""
+    return tuple(meta.mix_layers) if meta.mix_layers else (meta.encoder_layers,)
 
 
 def _dev_ua(meta: ModelMeta) -> float | None:
@@ -72,16 +80,25 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
     """One checkpoint whose frame logits are the mean of the members' frame logits (see the module doc)."""
     names = list(names) if names is not None else [meta.model_id for meta, _ in members]
     _check_members(members, names)
+    union = sorted({block for meta, _ in members for block in blocks_read(meta)})
+    if len(union) > 1 and members[0][0].speaker_norm is not None:
+        raise CheckpointError(f"the members read encoder blocks {union} between them and carry a stream centring "
+                              "reference (speaker_norm), which belongs to one block's features: merge members "
+                              "trained without it, or members that read the same block")
+    d_model = members[0][1]["norm.weight"].shape[0]
     fc1_w, fc1_b, fc2_w = [], [], []
-    for _, t in members:
+    for meta, t in members:
         w1 = t["head.fc1.weight"].astype(np.float64)
-        blocks = w1.shape[1] // t["norm.weight"].shape[0]  # the LayerNorm is applied to each block side by side
-        g, b = (np.tile(t[f"norm.{n}"].astype(np.float64), blocks) for n in ("weight", "bias"))
-        fc1_w.append(w1 * g[None, :])
+        blocks = blocks_read(meta)  # the LayerNorm is applied to each block side by side
+        g, b = (np.tile(t[f"norm.{n}"].astype(np.float64), len(blocks)) for n in ("weight", "bias"))
+        placed = np.zeros((w1.shape[0], len(union) * d_model))
+        for k, block in enumerate(blocks):
+            at = union.index(block) * d_model
+            placed[:, at:at + d_model] = (w1 * g[None, :])[:, k * d_model:(k + 1) * d_model]
+        fc1_w.append(placed)
         fc1_b.append(t["head.fc1.bias"].astype(np.float64) + w1 @ b)
         fc2_w.append(t["head.fc2.weight"].astype(np.float64))
     k = len(members)
-    d_model = members[0][1]["norm.weight"].shape[0]
     tensors = {
         "norm.weight": np.ones(d_model, np.float32),
         "norm.bias": np.zeros(d_model, np.float32),
@@ -92,13 +109,14 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
         .astype(np.float32),
     }
     first = members[0][0]
-    member_info = [{"model_id": m.model_id, "weights_sha256": m.weights_sha256, "seed": m.training.get("config", {})
-                    .get("seed"), "epoch": m.training.get("epoch"), "dev_ua": _dev_ua(m), "source": name}
+    member_info = [{"model_id": m.model_id, "weights_sha256": m.weights_sha256,
+                    "seed": m.training.get("config", {}).get("seed"), "epoch": m.training.get("epoch"),
+                    "dev_ua": _dev_ua(m), "blocks": list(blocks_read(m)), "source": name}
                    for (m, _), name in zip(members, names, strict=True)]
     dev = [_dev_ua(m) for m, _ in members]
     meta = ModelMeta(
-        model_id=model_id, labels=list(first.labels), encoder_layers=first.encoder_layers,
-        mix_layers=list(first.mix_layers), layer_join=first.layer_join,
+        model_id=model_id, labels=list(first.labels), encoder_layers=union[-1],
+        mix_layers=union if len(union) > 1 else [], layer_join="concat" if len(union) > 1 else "mix",
         head={**first.head, "hidden": int(tensors["head.fc1.weight"].shape[0])}, features=dict(first.features),
         base=dict(first.base), class_log_prior=first.class_log_prior, window=dict(first.window),
         speaker_norm=first.speaker_norm, training={**first.training, "ensemble": member_info},
@@ -114,7 +132,11 @@ def average_weights(members: Sequence[Member], model_id: str, names: Sequence[st
     names = list(names) if names is not None else [meta.model_id for meta, _ in members]
     _check_members(members, names)
     first_meta, first = members[0]
-    for (_, tensors), name in zip(members, names, strict=True):
+    for (meta, tensors), name in zip(members, names, strict=True):
+        if blocks_read(meta) != blocks_read(first_meta):
+            raise CheckpointError(f"{name}: reads encoder blocks {list(blocks_read(meta))}, {names[0]} "
+                                  f"{list(blocks_read(first_meta))}; weights average only between heads on the "
+                                  "same features")
         shapes = {k: v.shape for k, v in tensors.items()}
         if shapes != {k: v.shape for k, v in first.items()}:
             raise CheckpointError(f"{name}: tensors {shapes} differ from {names[0]}'s; weights average only "
