@@ -8,6 +8,11 @@ carries ``engine.json`` naming the checkpoint's weights hash, the base it was cu
 sha256 of its own ``model.bin``, so a stale or damaged export is rebuilt, never silently used, and a
 prebuilt export for another model is refused.
 
+A head that reads several blocks side by side (``layer_join: concat``, e.g. heads on blocks 2 and 3 merged by
+``trainer.ensemble``) gets one such encoder per block, in ``block-<n>/`` sub-folders; the backend lays their
+outputs side by side. A learned mix of blocks needs their raw outputs, which CTranslate2 does not return, and
+is refused by name.
+
     python -m engines.ct2 --model models/default --out /tmp/ct2-default
 """
 
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ser.checkpoint import ModelMeta, load_checkpoint
+from edge_ser.checkpoint import ModelMeta, learns_layer_mix, load_checkpoint
 from edge_ser.ct2_format import LAYER_MAP, read_model, write_model
 from edge_ser.whisper_base import cache_root, resolve_base, sha256_file
 
@@ -46,48 +51,77 @@ def export_fingerprint(meta: ModelMeta, base_model_bin: Path) -> dict[str, str]:
     }
 
 
-def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
-    """Write the CTranslate2 folder for the checkpoint in ``model_dir`` into ``out_dir``."""
-    meta, tensors = load_checkpoint(model_dir)
-    if meta.mix_layers:
-        raise ValueError(f"{model_dir}: the model reads encoder layers {meta.mix_layers} ({meta.layer_join}); "
-                         "CTranslate2's encoder returns only its last layer, so this model runs on the torch engine "
-                         "(engine.type: torch)")
-    base = resolve_base(base_dir)
-    spec = read_model(base / "model.bin")
-    dtype = spec.variables["encoder/conv1/weight"].dtype
+def export_parts(meta: ModelMeta) -> list[tuple[str, int]]:
+    """The encoders an export of ``meta`` holds, as (sub-folder, number of blocks): one truncated to the block
+    the head reads, in the export folder itself; or one per block read side by side, ``block-<n>``."""
+    if learns_layer_mix(meta.mix_layers, meta.layer_join):
+        raise ValueError(f"{meta.model_id}: the model reads a learned mix of encoder layers {meta.mix_layers}; "
+                         "CTranslate2's encoder returns only its last layer, normalised, so this model runs on the "
+                         "torch engine (engine.type: torch)")
+    if not meta.mix_layers:
+        return [("", meta.encoder_layers)]
+    return [(f"block-{block}", block) for block in meta.mix_layers]
+
+
+def _truncated(variables: dict[str, np.ndarray], blocks: int, meta: ModelMeta, tensors: dict[str, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    """The base model's variables cut to ``blocks`` encoder layers and one decoder layer, with the model's
+    fine-tuned layers and final norm."""
+    dtype = variables["encoder/conv1/weight"].dtype
     kept: dict[str, np.ndarray] = {}
-    for name, value in spec.variables.items():
+    for name, value in variables.items():
         match = _LAYER.match(name)
-        if match and match.group(1) == "encoder" and int(match.group(2)) >= meta.encoder_layers:
+        if match and match.group(1) == "encoder" and int(match.group(2)) >= blocks:
             continue
         if match and match.group(1) == "decoder" and int(match.group(2)) >= 1:
             continue
         kept[name] = value
-    for index in meta.finetuned_layers:
+    for index in (i for i in meta.finetuned_layers if i < blocks):
         for torch_name, ct2_name in LAYER_MAP.items():
             kept[f"encoder/layer_{index}/{ct2_name}"] = tensors[f"encoder.layers.{index}.{torch_name}"].astype(dtype)
     # Keep the trained norm in float32: it is tiny, and float16 would cost precision for nothing.
     kept["encoder/layer_norm/gamma"] = tensors["norm.weight"].astype(np.float32)
     kept["encoder/layer_norm/beta"] = tensors["norm.bias"].astype(np.float32)
-    spec.variables = kept
+    return kept
+
+
+def export_ct2(model_dir: str | Path, out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
+    """Write the CTranslate2 folder for the checkpoint in ``model_dir`` into ``out_dir``."""
+    meta, tensors = load_checkpoint(model_dir)
+    try:
+        parts = export_parts(meta)
+    except ValueError as exc:
+        raise ValueError(f"{model_dir}: {exc}") from None
+    base = resolve_base(base_dir)
+    spec = read_model(base / "model.bin")
+    variables = spec.variables
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # A folder of this writer's own: two processes exporting the same model at once never share one.
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
     try:
-        write_model(spec, tmp / "model.bin")
-        for name in _SIDE_FILES:
-            if (base / name).is_file():
-                shutil.copyfile(base / name, tmp / name)
+        sums = {}
+        for sub, blocks in parts:
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+            spec.variables = _truncated(variables, blocks, meta, tensors)
+            write_model(spec, tmp / sub / "model.bin")
+            for name in _SIDE_FILES:
+                if (base / name).is_file():
+                    shutil.copyfile(base / name, tmp / sub / name)
+            sums[Path(sub, "model.bin").as_posix()] = sha256_file(tmp / sub / "model.bin")
         fingerprint = {**export_fingerprint(meta, base / "model.bin"),
-                       "model_bin_sha256": sha256_file(tmp / "model.bin")}
+                       "model_bin_sha256": sums["model.bin"] if list(sums) == ["model.bin"] else sums}
         (tmp / "engine.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
         _install(tmp, out, meta, base / "model.bin")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s (%d encoder layers) to %s", meta.model_id, meta.encoder_layers, out)
+    log.info("exported %s (%s) to %s", meta.model_id, ", ".join(f"{b} encoder layers" for _, b in parts), out)
     return out
+
+
+def export_folders(folder: Path, meta: ModelMeta) -> list[Path]:
+    """The CTranslate2 model folders inside the export ``folder`` of ``meta``, in the order the head reads them."""
+    return [folder / sub for sub, _ in export_parts(meta)]
 
 
 def _install(tmp: Path, out: Path, meta: ModelMeta, base_model_bin: Path) -> None:
@@ -128,14 +162,23 @@ def export_problem(folder: Path, meta: ModelMeta, base_model_bin: Path | None) -
     for key, value in wanted.items():
         if found.get(key) != value:
             return f"{engine_json}: {key} is {found.get(key)!r}, expected {value!r} for model {meta.model_id}"
-    model_bin = folder / "model.bin"
-    if not model_bin.is_file():
-        return f"{model_bin} not found"
     if "model_bin_sha256" not in found:
         return f"{engine_json} has no model.bin checksum (an export from before edge-ser recorded one)"
-    digest = sha256_file(model_bin)
-    if digest != found.get("model_bin_sha256"):
-        return f"{model_bin}: sha256 {digest[:16]}... does not match engine.json: the file is damaged"
+    sums = found["model_bin_sha256"]
+    sums = {"model.bin": sums} if isinstance(sums, str) else sums
+    try:
+        wanted_bins = [Path(sub, "model.bin").as_posix() for sub, _ in export_parts(meta)]
+    except ValueError as exc:
+        return str(exc)
+    if not isinstance(sums, dict) or sorted(sums) != sorted(wanted_bins):
+        return f"{engine_json}: model_bin_sha256 names {sums!r:.120}, expected checksums of {wanted_bins}"
+    for name in wanted_bins:
+        model_bin = folder / name
+        if not model_bin.is_file():
+            return f"{model_bin} not found"
+        digest = sha256_file(model_bin)
+        if digest != sums[name]:
+            return f"{model_bin}: sha256 {digest[:16]}... does not match engine.json: the file is damaged"
     return None
 
 

@@ -423,10 +423,12 @@ def test_a_fine_tuned_layer_trains_and_both_engines_run_it(workspace: dict[str, 
 
 def _runs_like_its_cache(workspace: dict[str, Path], name: str, model: EmotionModel, overrides: list[str],
                          join: str) -> None:
-    """A model reading blocks 2 and 3: decoding the audio gives the cached logits, the torch engine runs it, and
-    the CTranslate2 export (last layer only) refuses it, naming the join."""
+    """A model reading blocks 2 and 3: decoding the audio gives the cached logits and the torch engine runs it;
+    side by side, the CTranslate2 engine (one exported encoder per block) scores as the torch engine does; a
+    learned mix, which needs the blocks' raw outputs, is refused by the export, by name."""
     from realdata import real_windows
 
+    from edge_ser.backends.ct2_backend import Ct2Engine
     from edge_ser.backends.torch_backend import TorchEngine
     from engines.ct2 import export_ct2
 
@@ -440,8 +442,15 @@ def _runs_like_its_cache(workspace: dict[str, Path], name: str, model: EmotionMo
     windows = real_windows(2)
     scores = TorchEngine(workspace["root"] / name / "model").infer(windows)
     assert len(scores) == len(windows) and all(np.isclose(s.clip_probs().sum(), 1.0) for s in scores)
-    with pytest.raises(ValueError, match=rf"reads encoder layers \[2, 3\] \({join}\).*torch engine"):
-        export_ct2(workspace["root"] / name / "model", workspace["root"] / f"{name}-ct2")
+    if join == "mix":
+        with pytest.raises(ValueError, match=r"learned mix of encoder layers \[2, 3\].*torch engine"):
+            export_ct2(workspace["root"] / name / "model", workspace["root"] / f"{name}-ct2")
+        return
+    export = export_ct2(workspace["root"] / name / "model", workspace["root"] / f"{name}-ct2")
+    assert (export / "block-2" / "model.bin").is_file() and (export / "block-3" / "model.bin").is_file()
+    ct2 = Ct2Engine(workspace["root"] / name / "model", export_dir=export, compute_type="float32").infer(windows)
+    torch_probs = np.stack([s.clip_probs() for s in scores])
+    assert np.abs(np.stack([s.clip_probs() for s in ct2]) - torch_probs).max() < 1e-3
 
 
 def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine(workspace: dict[str, Path]) -> None:
@@ -458,10 +467,10 @@ def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine
     assert load_checkpoint(no_cache / "model")[0].mix_layers == [2, 3]
 
 
-def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_the_torch_engine(
+def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_both_engines(
         workspace: dict[str, Path]) -> None:
     """``layer_join: concat``: the head reads blocks 2 and 3 side by side (1024 features), decoding the audio
-    gives the cached logits, and the CTranslate2 export refuses the model by name."""
+    gives the cached logits, and the CTranslate2 engine (one encoder per block) scores as the torch one."""
     overrides, model, meta = _train_tiny_with(workspace, "side-by-side", "mix_layers=[2,3]", "layer_join=concat")
     assert (meta.mix_layers, meta.layer_join) == ([2, 3], "concat")
     _, tensors = load_checkpoint(workspace["root"] / "side-by-side" / "model")

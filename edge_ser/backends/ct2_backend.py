@@ -1,4 +1,5 @@
 """The CTranslate2 backend: the exported (truncated, exact) Whisper encoder in CTranslate2 + the numpy head.
+A head reading several encoder blocks side by side gets one exported encoder per block (engines/ct2.py).
 
 Compute types: int8 / int8_float32 / float32 on the CPU, float16 / int8_float16 on CUDA. The export is
 built on first use from the checkpoint and cached by the checkpoint's hash (engines/ct2.py).
@@ -75,7 +76,7 @@ class Ct2Engine(Engine):
                  inter_threads: int = 0, fallback_compute_type: str | None = None, cpu_isa: str = "auto") -> None:
         import ctranslate2
 
-        from engines.ct2 import check_export, ensure_ct2_export
+        from engines.ct2 import check_export, ensure_ct2_export, export_folders
 
         meta, tensors = load_checkpoint(model_dir)
         supported = ctranslate2.get_supported_compute_types(device)
@@ -92,9 +93,10 @@ class Ct2Engine(Engine):
         self._ct2 = ctranslate2
         inter, intra = thread_plan(device, inter_threads, intra_threads)
         self.cpu_isa = choose_cpu_isa(cpu_isa) if device == "cpu" else None
-        self.whisper = ctranslate2.models.Whisper(
-            str(folder), device=device, compute_type=compute_type, inter_threads=inter, intra_threads=intra
-        )
+        # one encoder per block the head reads side by side (layer_join: concat); usually one
+        self.encoders = [ctranslate2.models.Whisper(str(part), device=device, compute_type=compute_type,
+                                                    inter_threads=inter, intra_threads=intra)
+                         for part in export_folders(folder, meta)]
         self.concurrency = inter
         self.head = NumpyHead(meta, tensors)
         self.meta = meta
@@ -110,8 +112,9 @@ class Ct2Engine(Engine):
         results: dict[int, FrameScores] = {}
         for indices in group_by_length(mels).values():
             batch = np.ascontiguousarray(np.stack([mels[i] for i in indices]), dtype=np.float32)
-            encoded = self.whisper.encode(self._ct2.StorageView.from_array(batch), to_cpu=True)
-            features = np.asarray(encoded, dtype=np.float32)
+            storage = self._ct2.StorageView.from_array(batch)
+            outputs = [np.asarray(encoder.encode(storage, to_cpu=True), dtype=np.float32) for encoder in self.encoders]
+            features = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
             for row, index in enumerate(indices):
                 results[index] = self.head(features[row], shifts[index])
         return [results[i] for i in range(len(mels))]
