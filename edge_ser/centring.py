@@ -50,20 +50,30 @@ def meta_reference(speaker_norm: dict[str, Any] | None) -> np.ndarray | None:
     return None if speaker_norm is None else np.asarray(speaker_norm["reference"], dtype=np.float32)
 
 
-def standardised_mean(features: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None
-                      ) -> np.ndarray:
+def standardised_mean(features: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
+                      block: int | None = None) -> np.ndarray:
     """Mean over frames of each frame standardised over its channels (LayerNorm without its affine).
 
     ``features`` (frames, D) are raw encoder states; with ``gamma`` and ``beta`` they are the final
     LayerNorm's output instead, whose affine is undone first (a channel whose ``gamma`` is ~0 reads 0: the
-    head never sees it, and its offset is scaled by that ``gamma`` too)."""
+    head never sees it, and its offset is scaled by that ``gamma`` too). A head that reads k blocks side by
+    side has (frames, k x D) features, each block normalised on its own: raw states are standardised per
+    ``block`` channels (default: all of them), and a (D,) ``gamma`` / ``beta`` applies to every block."""
     x = np.asarray(features, dtype=np.float32)
     if gamma is not None and beta is not None:
+        reps, rest = divmod(x.shape[1], len(gamma))
+        if rest or not reps:
+            raise ValueError(f"features have {x.shape[1]} channels, not a multiple of the norm's {len(gamma)}")
+        gamma, beta = np.tile(gamma, reps), np.tile(beta, reps)
         dead = np.abs(gamma) < 1e-6
         return np.where(dead, 0.0, (x - beta) / np.where(dead, 1.0, gamma)).mean(axis=0).astype(np.float32)
-    x = x - x.mean(axis=1, keepdims=True)
-    x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + LAYER_NORM_EPS)
-    return x.mean(axis=0)
+    block = block or x.shape[1]
+    if x.shape[1] % block:
+        raise ValueError(f"states have {x.shape[1]} channels, not a multiple of the block width {block}")
+    x = x.reshape(len(x), -1, block)
+    x = x - x.mean(axis=2, keepdims=True)
+    x = x / np.sqrt((x * x).mean(axis=2, keepdims=True) + LAYER_NORM_EPS)
+    return x.mean(axis=0).reshape(-1)
 
 
 class StreamCentring:

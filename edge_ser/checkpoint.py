@@ -248,12 +248,9 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
         if tuple(tensors[name].shape) != shape or -1 in shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}; expected {shape} "
                                   f"({n_classes} labels, hidden {hidden}, d_model {d_model})")
-    if meta.speaker_norm is not None and width != d_model:
-        raise CheckpointError(f"{path}: 'speaker_norm' centres one block's {d_model} features; this model's head reads "
-                              f"blocks {meta.mix_layers} side by side ({width} features)")
-    if meta.speaker_norm is not None and len(meta.speaker_norm["reference"]) != d_model:
+    if meta.speaker_norm is not None and len(meta.speaker_norm["reference"]) != width:
         raise CheckpointError(f"{path}: speaker_norm.reference has {len(meta.speaker_norm['reference'])} values; "
-                              f"expected d_model {d_model}")
+                              f"expected one per feature the head reads, {width}")
     for name, value in tensors.items():
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")

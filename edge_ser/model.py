@@ -211,7 +211,7 @@ class EmotionModel(nn.Module):
         """Normalised encoder output; from ``mel``, or from cached ``hidden`` states entering ``start_layer``.
         With ``mix_layers``, cached states past the last block (``start_layer`` = the number of blocks) hold
         the mixed blocks' outputs side by side (B, F, k * D), and ``layer_join: concat`` returns (B, F, k * D)
-        features, each block normalised on its own. ``offset`` (B, D), in the final LayerNorm's
+        features, each block normalised on its own. ``offset`` (B, width), in the final LayerNorm's
         unscaled space, is subtracted after it (per-speaker centring, trainer/speaker_norm.py)."""
         x = self.encoder.embed(mel) if hidden is None else hidden
         if not self.mix_layers:
@@ -222,7 +222,11 @@ class EmotionModel(nn.Module):
             states = x.chunk(len(self.mix_layers), dim=-1)
             feats = self._mixed(states) if self.layer_mix is not None else torch.cat(
                 [self.norm(s) for s in states], dim=-1)
-        return feats if offset is None else feats - self.norm.weight * offset[:, None, :]
+        return feats if offset is None else feats - self.feature_scale() * offset[:, None, :]
+
+    def feature_scale(self) -> torch.Tensor:
+        """The final LayerNorm's scale for each feature the head reads (tiled over blocks side by side)."""
+        return self.norm.weight.repeat(self.head.fc1.in_features // self.norm.weight.shape[0])
 
     def mixed_states(self, x: torch.Tensor, start_layer: int = 0, key_padding: torch.Tensor | None = None
                      ) -> torch.Tensor:

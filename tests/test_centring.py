@@ -19,6 +19,22 @@ def test_the_layer_norm_output_gives_back_the_standardised_mean() -> None:
     np.testing.assert_allclose(standardised_mean(normed, gamma, beta), standardised_mean(states), atol=1e-4)
 
 
+def test_blocks_side_by_side_are_standardised_each_on_its_own() -> None:
+    rng = np.random.default_rng(1)
+    blocks = [(rng.standard_normal((30, 512)) * scale + shift).astype(np.float32) for scale, shift in ((1, 0), (5, 3))]
+    gamma = rng.uniform(0.5, 2.0, 512).astype(np.float32)
+    beta = rng.uniform(-1.0, 1.0, 512).astype(np.float32)
+    side_by_side = np.concatenate(blocks, axis=1)
+    each = np.concatenate([standardised_mean(b) for b in blocks])
+    np.testing.assert_allclose(standardised_mean(side_by_side, block=512), each, atol=1e-5)
+    normed = np.concatenate([torch.nn.functional.layer_norm(torch.from_numpy(b), (512,), torch.from_numpy(gamma),
+                                                            torch.from_numpy(beta)).numpy() for b in blocks], axis=1)
+    np.testing.assert_allclose(standardised_mean(normed, gamma, beta), each, atol=1e-4)
+    assert np.abs(standardised_mean(side_by_side) - each).max() > 0.1  # one standardisation over both differs
+    with pytest.raises(ValueError, match="1000 channels, not a multiple of the norm's 512"):
+        standardised_mean(side_by_side[:, :1000], gamma, beta)
+
+
 def test_offset_is_the_shrunk_running_mean_minus_the_reference() -> None:
     reference = np.array([0.0, 1.0])
     centring = StreamCentring(CentringConfig(prior_s=2.0), reference)

@@ -81,8 +81,11 @@ def test_missing_tensor_and_label_mismatch_are_named(tmp_path: Path) -> None:
     wide = {**_tensors(), "head.fc1.weight": np.zeros((16, 1024), dtype=np.float32)}
     assert load_checkpoint(save_checkpoint(tmp_path, side_by_side, wide))[0].layer_join == "concat"
     side_by_side.speaker_norm = {"reference": [0.0] * 512, "trained": False}
-    with pytest.raises(CheckpointError, match=r"'speaker_norm' centres one block's 512 features; .* \(1024 features\)"):
+    with pytest.raises(CheckpointError, match=r"reference has 512 values; expected one per feature the head reads, "
+                                              r"1024"):
         save_checkpoint(tmp_path, side_by_side, wide)
+    side_by_side.speaker_norm = {"reference": [0.0] * 1024, "trained": False}  # one block's reference per block
+    assert len(load_checkpoint(save_checkpoint(tmp_path, side_by_side, wide))[0].speaker_norm["reference"]) == 1024
     meta_file = tmp_path / "model.json"
     meta_file.write_text(meta_file.read_text().replace('"layer_join": "concat"', '"layer_join": "sum"'))
     with pytest.raises(CheckpointError, match=r"json: 'layer_join' must be one of \['mix', 'concat'\], got 'sum'"):
@@ -134,5 +137,6 @@ def test_speaker_norm_roundtrips_and_its_width_is_checked(tmp_path: Path) -> Non
     save_checkpoint(tmp_path / "ok", meta, _tensors())
     assert load_checkpoint(tmp_path / "ok")[0].speaker_norm == {"reference": [0.5] * 512, "trained": False}
     meta.speaker_norm = {"reference": [0.5] * 100, "trained": True}
-    with pytest.raises(CheckpointError, match=r"speaker_norm.reference has 100 values; expected d_model 512"):
+    with pytest.raises(CheckpointError, match=r"speaker_norm.reference has 100 values; expected one per feature "
+                                              r"the head reads, 512"):
         save_checkpoint(tmp_path / "bad", meta, _tensors())

@@ -451,6 +451,44 @@ def _runs_like_its_cache(workspace: dict[str, Path], name: str, model: EmotionMo
     ct2 = Ct2Engine(workspace["root"] / name / "model", export_dir=export, compute_type="float32").infer(windows)
     torch_probs = np.stack([s.clip_probs() for s in scores])
     assert np.abs(np.stack([s.clip_probs() for s in ct2]) - torch_probs).max() < 1e-3
+    _adapts_like_its_cache(workspace, name, overrides)
+
+
+def _adapts_like_its_cache(workspace: dict[str, Path], name: str, overrides: list[str]) -> None:
+    """Stream adaptation of a model reading blocks side by side: the reference holds one block's mean per block
+    read, both engines measure and apply the same offsets, and the runtime's replay of each speaker's stream
+    gives the logits the cache gives for it."""
+    from realdata import real_windows
+
+    from edge_ser.backends.ct2_backend import Ct2Engine
+    from edge_ser.backends.torch_backend import TorchEngine
+    from trainer.evaluate import Adaptation, adapted_logits
+    from trainer.speaker_norm import add_reference, stream_offsets
+
+    model_dir = workspace["root"] / f"{name}-reference"
+    shutil.copytree(workspace["root"] / name / "model", model_dir)
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", overrides)
+    meta = add_reference(model_dir, config, workspace["manifest"])
+    assert meta.speaker_norm is not None and len(meta.speaker_norm["reference"]) == 1024
+    windows = real_windows(1)
+    torch_engine, ct2_engine = TorchEngine(model_dir), Ct2Engine(model_dir, compute_type="float32")
+    plain = torch_engine.infer(windows)
+    for a, b in zip(plain, ct2_engine.infer(windows), strict=True):
+        assert a.feature_mean is not None and b.feature_mean is not None and a.feature_mean.shape == (1024,)
+        np.testing.assert_allclose(a.feature_mean, b.feature_mean, atol=2e-3)
+    offsets = [s.feature_mean - torch_engine.centring_reference for s in plain]
+    moved = np.stack([s.clip_probs() for s in torch_engine.infer(windows, offsets)])
+    assert np.abs(moved - np.stack([s.clip_probs() for s in ct2_engine.infer(windows, offsets)])).max() < 1e-3
+    assert np.abs(moved - np.stack([s.clip_probs() for s in plain])).max() > 1e-3
+    data = prepare(config, workspace["manifest"])
+    clips, rows = data.manifest.clips, np.asarray(data.usable)
+    adapted, problems = adapted_logits(torch_engine, clips, Adaptation(prior_s=0.0, seed=3), 30.0, FeatureParams())
+    assert not problems
+    cached_offsets, _ = stream_offsets(clips, data.usable, data.speaker_means()[rows],
+                                       data.cache.views[0].length[rows], torch_engine.centring_reference, 0.0, 3)
+    model, _ = build_model_from_checkpoint(model_dir)
+    cached = predict_cached(model, data.cache.views[0], data.usable, 3, offsets=cached_offsets)
+    assert np.allclose(adapted[rows], cached, atol=0.05)
 
 
 def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine(workspace: dict[str, Path]) -> None:

@@ -30,7 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ser.centring import FRAMES_PER_S, standardised_mean
-from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, update_meta
+from edge_ser.checkpoint import CheckpointError, ModelMeta, learns_layer_mix, load_checkpoint, update_meta
+from edge_ser.model import D_MODEL
 from trainer.cache import CachedView
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.data import Clip, ManifestError
@@ -44,10 +45,11 @@ STREAM_ORDERS = ("shuffled", "grouped")
 
 
 def clip_means(view: CachedView, indices: Sequence[int]) -> np.ndarray:
-    """(N, D) float32: every clip's ``standardised_mean`` of its cached states (rows in ``indices`` order)."""
-    out = np.zeros((len(indices), view.states.shape[1]), dtype=np.float32)
+    """(N, width) float32: every clip's ``standardised_mean`` of its cached states (rows in ``indices`` order);
+    a view of blocks side by side is standardised block by block, as the model normalises them."""
+    out = np.zeros((len(indices), view.width), dtype=np.float32)
     for row, i in enumerate(tqdm(indices, desc="speaker means", unit="clip", mininterval=10, leave=False)):
-        out[row] = standardised_mean(view.get(int(i)))
+        out[row] = standardised_mean(view.get(int(i)), block=D_MODEL)
     return out
 
 
@@ -138,6 +140,14 @@ def add_reference(model_dir: Path, config: TrainConfig, manifest: str | Path) ->
         raise ValueError(f"{model_dir}: the reference is read from the frozen-layer cache, which needs a model "
                          f"with every encoder layer frozen and encoder_layers {config.encoder_layers} as in the "
                          f"recipe (model: {meta.encoder_layers}, fine-tuned {meta.finetuned_layers})")
+    if learns_layer_mix(meta.mix_layers, meta.layer_join):
+        raise ValueError(f"{model_dir}: the model reads a learned mix of encoder layers {meta.mix_layers}; stream "
+                         "centring works on features the head reads block by block")
+    if (list(meta.mix_layers), meta.layer_join if meta.mix_layers else "mix") != (
+            list(config.mix_layers), config.layer_join if config.mix_layers else "mix"):
+        raise ValueError(f"{model_dir}: the model reads encoder blocks {meta.mix_layers or [meta.encoder_layers]} "
+                         f"({meta.layer_join}); set the recipe's mix_layers and layer_join to match (got "
+                         f"{config.mix_layers}, {config.layer_join}), the cache is opened at those blocks")
     from trainer.train import prepare  # trainer.train imports this module
 
     data = prepare(config, manifest)

@@ -64,14 +64,15 @@ class RunData:
     labels: LabelMap
     cache: CacheSet | None
     usable: list[int]  # clip indices that decode (all of them without a cache: checked lazily)
-    clip_means: np.ndarray | None = None  # (clips, D) trainer/speaker_norm.py means, computed on first use
+    clip_means: np.ndarray | None = None  # (clips, width) trainer/speaker_norm.py means, computed on first use
 
     def speaker_means(self) -> np.ndarray:
-        """Every usable clip's mean of its standardised view-0 states (trainer/speaker_norm.py), (clips, D)."""
+        """Every usable clip's mean of its standardised view-0 states (trainer/speaker_norm.py), (clips, width):
+        D per block the view holds side by side."""
         if self.clip_means is None:
             if self.cache is None:
                 raise ValueError("per-speaker centring needs the frozen-layer cache (cache: true)")
-            means = np.zeros((len(self.manifest), self.cache.views[0].states.shape[1]), dtype=np.float32)
+            means = np.zeros((len(self.manifest), self.cache.views[0].width), dtype=np.float32)
             means[self.usable] = clip_means(self.cache.views[0], self.usable)
             self.clip_means = means
         return self.clip_means

@@ -31,7 +31,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 class NumpyHead:
-    """Applies the trained head to normalised encoder features (frames, d_model)."""
+    """Applies the trained head to normalised encoder features (frames, width: d_model per block read)."""
 
     def __init__(self, meta: ModelMeta, tensors: dict[str, np.ndarray]) -> None:
         self.fc1_w = np.ascontiguousarray(tensors["head.fc1.weight"].T, dtype=np.float32)
@@ -43,12 +43,14 @@ class NumpyHead:
         self.att_b = tensors.get("head.attention.bias")
         prior = meta.class_log_prior
         self.log_prior = np.zeros(len(meta.labels), np.float32) if prior is None else np.asarray(prior, np.float32)
-        self.gamma = tensors["norm.weight"].astype(np.float32)
-        self.beta = tensors["norm.bias"].astype(np.float32)
+        # the final LayerNorm's affine, once per block the head reads side by side (layer_join: concat)
+        blocks = self.fc1_w.shape[0] // len(tensors["norm.weight"])
+        self.gamma = np.tile(tensors["norm.weight"].astype(np.float32), blocks)
+        self.beta = np.tile(tensors["norm.bias"].astype(np.float32), blocks)
         self.measure = meta.speaker_norm is not None  # stream adaptation: report each window's feature mean
 
     def __call__(self, features: np.ndarray, offset: np.ndarray | None = None) -> FrameScores:
-        """Scores for one window's normalised features (frames, d_model), centred by ``offset`` (d_model,)."""
+        """Scores for one window's normalised features (frames, width), centred by ``offset`` (width,)."""
         mean = standardised_mean(features, self.gamma, self.beta) if self.measure else None
         if offset is not None:
             features = features - self.gamma * offset

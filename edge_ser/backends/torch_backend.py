@@ -41,14 +41,14 @@ class TorchEngine(Engine):
         norm = self.model.norm  # stream adaptation: the final LayerNorm's affine, to read feature means back
         self._affine = None if self.meta.speaker_norm is None else (
             norm.weight.detach().float().cpu().numpy(), norm.bias.detach().float().cpu().numpy())
+        self._scale = self.model.feature_scale().detach()  # per feature the head reads, blocks side by side
         log.info("torch engine: model %s, %d encoder layers, device %s", self.model_id,
                  self.meta.encoder_layers, self.device)
 
     def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
               ) -> list[FrameScores]:
         torch = self._torch
-        norm = self.model.norm
-        shifts = check_offsets(offsets, len(mels), norm.weight.shape[0])
+        shifts = check_offsets(offsets, len(mels), self._scale.shape[0])
         results: list[FrameScores | None] = [None] * len(mels)
         with torch.inference_mode():
             for indices in group_by_length(mels).values():
@@ -61,7 +61,7 @@ class TorchEngine(Engine):
                 if any(shifts[i] is not None for i in indices):
                     offset = np.stack([np.zeros(feats.shape[-1], np.float32) if shifts[i] is None else shifts[i]
                                        for i in indices])
-                    feats = feats - norm.weight * torch.from_numpy(offset).to(feats)[:, None, :]
+                    feats = feats - self._scale * torch.from_numpy(offset).to(feats)[:, None, :]
                 valid = torch.ones(feats.shape[:2], dtype=torch.bool, device=self.device)
                 frame_logits, weights, _ = self.model.head.frame_outputs(feats, valid)
                 frame_logits = frame_logits - self.model.log_prior
