@@ -118,6 +118,7 @@ def on_block(source: Path, folder: Path, block: int) -> Path:
 
 def test_heads_on_different_blocks_merge_into_one_reading_them_side_by_side(tmp_path: Path) -> None:
     from edge_ser.backends.torch_backend import TorchEngine
+    from trainer.card import render
 
     members = [on_block(MODEL, tmp_path / "b3", 3), on_block(perturbed(tmp_path / "p", 1, "p"), tmp_path / "b2", 2),
                side_by_side(tmp_path / "b23", 2)]
@@ -125,6 +126,7 @@ def test_heads_on_different_blocks_merge_into_one_reading_them_side_by_side(tmp_
     meta, tensors = load_checkpoint(tmp_path / "ens")
     assert (meta.encoder_layers, meta.mix_layers, meta.layer_join) == (3, [2, 3], "concat")
     assert [m["blocks"] for m in meta.training["ensemble"]] == [[3], [2], [2, 3]]
+    assert "blocks [3]), seed" in render(tmp_path / "ens", None, "", tmp_path)  # the card names each member's
     hidden = load_checkpoint(MODEL)[0].head["hidden"]
     assert not tensors["head.fc1.weight"][:hidden, :512].any()  # the block-3 member reads nothing of block 2
     mels = real_windows(per_corpus=1)

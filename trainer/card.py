@@ -70,8 +70,9 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         data = (f"{training.get('train_clips', 0) + training.get('dev_clips', 0)} clips; each member trained on "
                 "about 90% of them and chose its checkpoint on the rest (10% of each corpus's speakers, a different "
                 "draw per seed; the table counts the first member's training clips)")
-        checkpoint = "; members: " + ", ".join(f"seed {m.get('seed')} (best dev epoch {m.get('epoch')})"
-                                               for m in members) + "."
+        blocks = [f", blocks {m['blocks']}" if meta.mix_layers and "blocks" in m else "" for m in members]
+        checkpoint = "; members: " + ", ".join(f"seed {m.get('seed')} (best dev epoch {m.get('epoch')}{b})"
+                                               for m, b in zip(members, blocks, strict=True)) + "."
         dev = ("Dev (held-out speakers of the training corpora; each member its own seed's split), 4-class UA per "
                "member: " + ", ".join("-" if m.get("dev_ua") is None else f"{m['dev_ua']:.3f}" for m in members)
                + ".")
