@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from realdata import real_windows
 
+from edge_ser.backends.base import FrameScores
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainer.ensemble import average_weights, main, merge_heads
 
@@ -85,12 +86,11 @@ def side_by_side(folder: Path, seed: int) -> Path:
     tensors = {**tensors, "norm.weight": rng.uniform(0.5, 1.5, d_model), "norm.bias": rng.normal(0, 0.2, d_model),
                "head.fc1.weight": rng.normal(0, 0.05, (hidden, 2 * d_model))}
     meta.model_id, meta.mix_layers, meta.layer_join = f"concat-{seed}", [2, 3], "concat"
-    meta.speaker_norm = None  # stream centring reads one block's features
+    meta.speaker_norm = None  # the shipped reference holds one block's means; this model reads two blocks
     return save_checkpoint(folder, meta, tensors)
 
 
 def test_heads_reading_blocks_side_by_side_merge_exactly(tmp_path: Path) -> None:
-    from edge_ser.backends.torch_backend import TorchEngine
     from trainer.card import render
 
     members = [side_by_side(tmp_path / f"m{seed}", seed) for seed in (1, 2)]
@@ -100,12 +100,19 @@ def test_heads_reading_blocks_side_by_side_merge_exactly(tmp_path: Path) -> None
     assert "over the final LayerNorm of blocks [2, 3] each, side by side;" in render(tmp_path / "ens", None, "",
                                                                                      tmp_path)
     mels = real_windows(per_corpus=1)
+    each = merged_is_the_mean(members, tmp_path / "ens", mels)
+    assert max(np.abs(each[0][i].logits - each[1][i].logits).max() for i in range(len(mels))) > 0.1
+
+
+def merged_is_the_mean(members: list[Path], merged: Path, mels: list[np.ndarray]) -> list[list[FrameScores]]:
+    """Check on the torch engine that ``merged``'s frame logits are the mean of the members'; their scores."""
+    from edge_ser.backends.torch_backend import TorchEngine
+
     each = [TorchEngine(m).infer(mels) for m in members]
-    merged = TorchEngine(tmp_path / "ens").infer(mels)
-    for i, scores in enumerate(merged):
+    for i, scores in enumerate(TorchEngine(merged).infer(mels)):
         mean = np.mean([e[i].logits for e in each], axis=0)
         assert np.abs(scores.logits - mean).max() < 1e-3 * max(1.0, np.abs(mean).max())
-    assert max(np.abs(each[0][i].logits - each[1][i].logits).max() for i in range(len(mels))) > 0.1
+    return each
 
 
 def on_block(source: Path, folder: Path, block: int) -> Path:
@@ -130,11 +137,7 @@ def test_heads_on_different_blocks_merge_into_one_reading_them_side_by_side(tmp_
     hidden = load_checkpoint(MODEL)[0].head["hidden"]
     assert not tensors["head.fc1.weight"][:hidden, :512].any()  # the block-3 member reads nothing of block 2
     mels = real_windows(per_corpus=1)
-    each = [TorchEngine(m).infer(mels) for m in members]
-    merged = TorchEngine(tmp_path / "ens").infer(mels)
-    for i, scores in enumerate(merged):
-        mean = np.mean([e[i].logits for e in each], axis=0)
-        assert np.abs(scores.logits - mean).max() < 1e-3 * max(1.0, np.abs(mean).max())
+    each = merged_is_the_mean(members, tmp_path / "ens", mels)
     # the same head on block 2 scores otherwise, so each member's block matters to the check above
     same_head = TorchEngine(on_block(MODEL, tmp_path / "same", 2)).infer(mels)
     assert max(np.abs(each[0][i].logits - same_head[i].logits).max() for i in range(len(mels))) > 0.1
