@@ -144,6 +144,12 @@ def learns_layer_mix(mix_layers: Sequence[int], layer_join: str) -> bool:
     return bool(mix_layers) and layer_join == "mix"
 
 
+def blocks_read(meta: ModelMeta) -> tuple[int, ...]:
+    """The encoder blocks (1-based) whose normalised outputs the head reads, side by side: the last block, or
+    ``mix_layers`` (joined as ``layer_join`` says)."""
+    return tuple(meta.mix_layers) if meta.mix_layers else (meta.encoder_layers,)
+
+
 def head_width(mix_layers: Sequence[int], layer_join: str, d_model: int) -> int:
     """The width of the features the emotion head reads: k x ``d_model`` for k blocks side by side."""
     return d_model * len(mix_layers) if mix_layers and layer_join == "concat" else d_model

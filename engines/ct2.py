@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ser.checkpoint import ModelMeta, learns_layer_mix, load_checkpoint
+from edge_ser.checkpoint import ModelMeta, blocks_read, learns_layer_mix, load_checkpoint
 from edge_ser.ct2_format import LAYER_MAP, read_model, write_model
 from edge_ser.whisper_base import cache_root, resolve_base, sha256_file
 
@@ -58,9 +58,8 @@ def export_parts(meta: ModelMeta) -> list[tuple[str, int]]:
         raise ValueError(f"{meta.model_id}: the model reads a learned mix of encoder layers {meta.mix_layers}; "
                          "CTranslate2's encoder returns only its last layer, normalised, so this model runs on the "
                          "torch engine (engine.type: torch)")
-    if not meta.mix_layers:
-        return [("", meta.encoder_layers)]
-    return [(f"block-{block}", block) for block in meta.mix_layers]
+    blocks = blocks_read(meta)
+    return [("", blocks[0])] if len(blocks) == 1 else [(f"block-{block}", block) for block in blocks]
 
 
 def _truncated(variables: dict[str, np.ndarray], blocks: int, meta: ModelMeta, tensors: dict[str, np.ndarray]

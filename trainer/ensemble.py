@@ -34,7 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_ser.checkpoint import CheckpointError, ModelMeta, learns_layer_mix, load_checkpoint, save_checkpoint
+from edge_ser.checkpoint import (
+    CheckpointError,
+    ModelMeta,
+    blocks_read,
+    learns_layer_mix,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +69,6 @@ def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
                                       f"{getattr(first, key)!r:.80}")
 
 
-def blocks_read(meta: ModelMeta) -> tuple[int, ...]:
-    """The encoder blocks (1-based) whose normalised outputs the member's head reads, side by side."""
-    return tuple(meta.mix_layers) if meta.mix_layers else (meta.encoder_layers,)
-
-
 def _dev_ua(meta: ModelMeta) -> float | None:
     """The member's dev 4-class UA (the mean of its own members' when it is a merged ensemble itself)."""
     dev = meta.metrics.get("dev_4class") or {}
@@ -91,10 +93,11 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
         w1 = t["head.fc1.weight"].astype(np.float64)
         blocks = blocks_read(meta)  # the LayerNorm is applied to each block side by side
         g, b = (np.tile(t[f"norm.{n}"].astype(np.float64), len(blocks)) for n in ("weight", "bias"))
+        scaled = w1 * g[None, :]
         placed = np.zeros((w1.shape[0], len(union) * d_model))
         for k, block in enumerate(blocks):
             at = union.index(block) * d_model
-            placed[:, at:at + d_model] = (w1 * g[None, :])[:, k * d_model:(k + 1) * d_model]
+            placed[:, at:at + d_model] = scaled[:, k * d_model:(k + 1) * d_model]
         fc1_w.append(placed)
         fc1_b.append(t["head.fc1.bias"].astype(np.float64) + w1 @ b)
         fc2_w.append(t["head.fc2.weight"].astype(np.float64))

@@ -30,7 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ser.centring import FRAMES_PER_S, standardised_mean
-from edge_ser.checkpoint import CheckpointError, ModelMeta, learns_layer_mix, load_checkpoint, update_meta
+from edge_ser.checkpoint import (
+    CheckpointError,
+    ModelMeta,
+    blocks_read,
+    learns_layer_mix,
+    load_checkpoint,
+    update_meta,
+)
 from edge_ser.model import D_MODEL
 from trainer.cache import CachedView
 from trainer.config import ConfigError, TrainConfig, load_config
@@ -143,9 +150,8 @@ def add_reference(model_dir: Path, config: TrainConfig, manifest: str | Path) ->
     if learns_layer_mix(meta.mix_layers, meta.layer_join):
         raise ValueError(f"{model_dir}: the model reads a learned mix of encoder layers {meta.mix_layers}; stream "
                          "centring works on features the head reads block by block")
-    if (list(meta.mix_layers), meta.layer_join if meta.mix_layers else "mix") != (
-            list(config.mix_layers), config.layer_join if config.mix_layers else "mix"):
-        raise ValueError(f"{model_dir}: the model reads encoder blocks {meta.mix_layers or [meta.encoder_layers]} "
+    if list(meta.mix_layers) != list(config.mix_layers) or (meta.mix_layers and meta.layer_join != config.layer_join):
+        raise ValueError(f"{model_dir}: the model reads encoder blocks {list(blocks_read(meta))} "
                          f"({meta.layer_join}); set the recipe's mix_layers and layer_join to match (got "
                          f"{config.mix_layers}, {config.layer_join}), the cache is opened at those blocks")
     from trainer.train import prepare  # trainer.train imports this module
