@@ -12,7 +12,7 @@ from trainer.baselines import FFN, fit_predict, rebalance, train_ffn
 from trainer.batches import epoch_batches
 from trainer.card import licences
 from trainer.config import TrainConfig
-from trainer.train import loss_weights
+from trainer.train import loss_log_prior, loss_weights
 
 SOURCES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "SOURCES.md"
 
@@ -69,6 +69,21 @@ def test_loss_weights_balance_classes_and_corpora() -> None:
     config = TrainConfig.model_validate({"balance": {"class_power": 0.0, "corpus_power": 1.0}})
     w = loss_weights(targets, corpora, config)
     assert w[:4].sum() == pytest.approx(w[4:].sum())
+
+
+def test_loss_log_prior_is_what_the_weighted_loss_sees() -> None:
+    targets = np.eye(8, dtype=np.float32)[[0, 0, 0, 1, 0, 1]]
+    corpora = ["a", "a", "a", "a", "b", "b"]
+    balanced = TrainConfig.model_validate({"balance": {"class_power": 1.0, "corpus_power": 0.0}})
+    prior = np.exp(loss_log_prior(targets, loss_weights(targets, corpora, balanced)))
+    assert prior.sum() == pytest.approx(1.0)
+    assert prior[0] == pytest.approx(prior[1])  # class weights already balance: nothing left to correct
+    assert prior[2:] == pytest.approx(np.full(6, prior[0]))  # unseen classes: no more than the rarest seen
+    plain = TrainConfig.model_validate({"balance": {"class_power": 0.0, "corpus_power": 0.0}})
+    prior = np.exp(loss_log_prior(targets, loss_weights(targets, corpora, plain)))
+    assert prior[0] == pytest.approx(2 * prior[1])  # unweighted: the raw 4:2 imbalance
+    with pytest.raises(ValueError, match="no class has training mass"):
+        loss_log_prior(targets, np.zeros(6, dtype=np.float32))
 
 
 def test_epoch_batches_cover_everything_and_shard_evenly() -> None:

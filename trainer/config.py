@@ -50,8 +50,9 @@ class BalanceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     class_power: float = Field(1.0, ge=0, description="Per-class loss weight (N / (K n_c)) ** power; 0 = none.")
     corpus_power: float = Field(0.5, ge=0, description="Per-corpus loss weight (N / (M n_m)) ** power; 0 = none.")
-    prior_correction: bool = Field(False, description="Store log class prior in the checkpoint (subtracted "
-                                   "from logits at inference).")
+    prior_correction: bool = Field(False, description="Store the log class prior of the loss-weighted "
+                                   "training targets in the checkpoint; it is subtracted from the logits at "
+                                   "inference (post-hoc logit adjustment; use with class_power 0).")
 
 
 class RegularizeSettings(BaseModel):

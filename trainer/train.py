@@ -163,6 +163,20 @@ def loss_weights(targets: np.ndarray, corpora: Sequence[str], config: TrainConfi
     return (weights / weights.mean()).astype(np.float32)
 
 
+def loss_log_prior(targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The log class prior the weighted loss trains toward: each class's share of the loss-weighted targets.
+    With ``balance.prior_correction`` it is subtracted from the logits at inference (post-hoc logit
+    adjustment), so only the imbalance the loss weights leave in place is corrected, never twice. A class
+    without training mass gets the rarest present class's share, so the correction never lifts it above
+    every class the model has seen."""
+    mass = (weights.astype(np.float64)[:, None] * targets).sum(axis=0)
+    present = mass > 0
+    if not present.any():
+        raise ValueError("loss_log_prior: no class has training mass (empty targets or zero weights)")
+    mass = np.where(present, mass, mass[present].min())
+    return np.log(mass / mass.sum()).astype(np.float32)
+
+
 def build_model(config: TrainConfig, n_classes: int) -> EmotionModel:
     """Whisper-base truncated to ``encoder_layers``, front end and frozen layers frozen, fresh head."""
     base_bin = resolve_base(config.base_dir) / "model.bin"
@@ -226,8 +240,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
 
     model = build_model(config, len(classes))
     if config.balance.prior_correction:
-        prior = np.clip(targets.mean(axis=0), 1e-4, None)
-        model.log_prior.copy_(torch.from_numpy(np.log(prior / prior.sum()).astype(np.float32)))
+        model.log_prior.copy_(torch.from_numpy(loss_log_prior(targets, weights)))
     module = TrainModule(model, config.frozen_layers, n_domains, config.domain.hidden).to(device)
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in encoder_params}
