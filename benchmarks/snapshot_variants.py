@@ -11,7 +11,9 @@ scores each combination on the fold's held-out corpus (4-class UA, from the froz
 * ``epochs >= 3``: every epoch from the fourth on (the run stops ``patience`` epochs after its best), logits
   or weights averaged (the latter is stochastic weight averaging at epoch granularity);
 * ``lowest dev loss``: the one epoch with the lowest dev cross-entropy (``metrics.json``'s history) instead of
-  the best dev UA, a different rule for choosing the checkpoint.
+  the best dev UA, a different rule for choosing the checkpoint;
+* ``best dev UA, 3 epochs``: the one epoch whose dev UA averaged with its neighbours' (the epochs before and
+  after it that ran) is the best, so that a lone spike of the noisy dev curve is not what gets kept.
 
 With several runs (seeds of one recipe) it also prints their mean and the runs merged fold by fold: each
 variant's model of every run, frame logits averaged (``merge_heads``), as the shipped model merges seeds.
@@ -44,8 +46,8 @@ from trainer.train import RunData, prepare
 FIRST_AVERAGED_EPOCH = 3
 Combine = Callable[[Sequence[Member], str], Member]
 VARIANTS: list[tuple[str, str, int | None, Combine | None]] = [
-    # (name, selection, k, how the members combine); selection: best dev UA first, every epoch, or lowest
-    # dev loss first; k None = every epoch from FIRST_AVERAGED_EPOCH on
+    # (name, selection, k, how the members combine); selection: best dev UA first, every epoch, lowest dev
+    # loss first, or best smoothed dev UA first; k None = every epoch from FIRST_AVERAGED_EPOCH on
     ("best 1", "best", 1, None),
     ("best 2", "best", 2, merge_heads),
     ("best 3", "best", 3, merge_heads),
@@ -55,7 +57,9 @@ VARIANTS: list[tuple[str, str, int | None, Combine | None]] = [
     (f"epochs >= {FIRST_AVERAGED_EPOCH}", "all", None, merge_heads),
     (f"epochs >= {FIRST_AVERAGED_EPOCH}, weights", "all", None, average_weights),
     ("lowest dev loss", "loss", 1, None),
+    ("best dev UA, 3 epochs", "smooth", 1, None),
 ]
+SMOOTH_RADIUS = 1  # epochs on each side averaged by the "smooth" selection
 
 
 def _epochs(fold: Path) -> list[tuple[int, float, Member]]:
@@ -82,6 +86,16 @@ def _by_dev_loss(fold: Path) -> list[int]:
     return [epoch for _, epoch in sorted(scored)]
 
 
+def _by_smoothed_dev_ua(fold: Path) -> list[int]:
+    """The fold's epochs, best dev UA averaged over the epoch and its ``SMOOTH_RADIUS`` neighbours on each side
+    first (fewer at the ends of the run; an earlier epoch wins a tie), from its ``metrics.json``."""
+    history = json.loads((fold / "metrics.json").read_text())["history"]
+    ua = {int(e["epoch"]): float(e["dev_ua"]) for e in history if e.get("dev_ua") is not None}
+    smoothed = [(-float(np.mean([ua[n] for n in range(e - SMOOTH_RADIUS, e + SMOOTH_RADIUS + 1) if n in ua])), e)
+                for e in ua]
+    return [epoch for _, epoch in sorted(smoothed)]
+
+
 Table = dict[str, dict[str, float]]  # {variant: {corpus: 4-class UA}}
 
 
@@ -96,6 +110,8 @@ def _variants(fold: Path) -> dict[str, Member | None]:
             chosen = [e for e, _, _ in epochs[:k]]
         elif selection == "loss":
             chosen = _by_dev_loss(fold)[:k]
+        elif selection == "smooth":
+            chosen = _by_smoothed_dev_ua(fold)[:k]
         else:
             chosen = sorted(e for e, _, _ in epochs if e >= FIRST_AVERAGED_EPOCH)
         if (not every and selection == "all") or len(chosen) < (k or 0) or any(e not in loaded for e in chosen):

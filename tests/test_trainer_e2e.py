@@ -347,6 +347,16 @@ def test_loco_writes_folds_and_summary(workspace: dict[str, Path]) -> None:
     assert loco_main([*args, "--rescore", "--centre", "speaker"]) == 0
     assert 0.0 <= json.loads((out / "summary.centre-speaker.json").read_text())["mean"]["4class"]["ua"] <= 1.0
     assert loco_main([*args, "--centre", "speaker"]) == 2  # centring at test time only goes with --rescore
+    # a refit trains each fold on the dev speakers too, up to the epoch its dev run kept
+    refit = workspace["root"] / "loco-refit"
+    refit_args = [str(refit) if a == str(out) else a for a in args]
+    assert loco_main([*refit_args, "--refit-from", str(out)]) == 0
+    for row, dev_row in zip(json.loads((refit / "summary.json").read_text())["folds"], summary["folds"], strict=True):
+        assert row["dev_clips"] == 0 and row["train_clips"] == dev_row["train_clips"] + dev_row["dev_clips"]
+        history = json.loads((refit / f"fold-{row['corpus']}" / "metrics.json").read_text())["history"]
+        assert [e["epoch"] for e in history] == list(range(dev_row["best_epoch"] + 1))
+    assert loco_main([*refit_args, "--refit-from", str(out), "--set", "epochs=2"]) == 2  # another schedule
+    assert loco_main([*refit_args, "--refit-from", str(workspace["root"] / "nowhere")]) == 2
 
 
 def test_speaker_centred_training_stores_its_reference_and_needs_stream_adaptation(workspace: dict[str, Path]) -> None:

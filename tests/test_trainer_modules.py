@@ -149,3 +149,9 @@ def test_a_layer_mix_recipe_is_checked_before_training() -> None:
         load_config(None, ["layer_join=concat"])
     with pytest.raises(ConfigError, match="layer_join"):
         load_config(None, ["mix_layers=[2,3]", "layer_join=sum"])
+
+
+def test_last_epoch_must_fall_inside_the_schedule() -> None:
+    assert load_config(None, ["epochs=10", "last_epoch=9"]).last_epoch == 9
+    with pytest.raises(ConfigError, match="last_epoch 10 is past the schedule's last epoch"):
+        load_config(None, ["epochs=10", "last_epoch=10"])

@@ -124,7 +124,11 @@ class TrainConfig(BaseModel):
     balance: BalanceSettings = Field(default_factory=BalanceSettings, description="Loss balancing.")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each corpus's speakers held out for dev.")
     dev_min_speakers: int = Field(4, ge=2, description="Corpora with fewer speakers get no dev speakers.")
-    epochs: int = Field(30, ge=1, description="Most epochs.")
+    epochs: int = Field(30, ge=1, description="Most epochs (also the length of the cosine schedule).")
+    last_epoch: int | None = Field(None, ge=0, description="Stop after this epoch (0-based) of the `epochs`-long "
+                                   "schedule, whatever the dev UA: a refit on every speaker (dev_fraction 0) "
+                                   "runs to the epoch its dev run chose (trainer.loco --refit-from). Null: run "
+                                   "the schedule, or until early stopping.")
     snapshots: int = Field(1, ge=1, le=16, description="The run's model is the merge (trainer.ensemble: frame "
                            "logits = their mean) of this many epochs' models, those with the best dev UA; "
                            "1: the best epoch alone. Needs a frame head and no fine-tuned encoder layers.")
@@ -155,6 +159,9 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.trainable_layers > self.encoder_layers:
             raise ValueError(f"trainable_layers {self.trainable_layers} > encoder_layers {self.encoder_layers}")
+        if self.last_epoch is not None and self.last_epoch >= self.epochs:
+            raise ValueError(f"last_epoch {self.last_epoch} is past the schedule's last epoch (epochs {self.epochs}: "
+                             f"0 to {self.epochs - 1})")
         mix = self.mix_layers
         problem = mix_layers_problem(mix, self.encoder_layers)
         if problem:

@@ -7,6 +7,10 @@ The frozen-layer cache is built once for the whole manifest and shared by every 
 ablation that keeps the same encoder layers and views). Each fold writes a run folder ``fold-<corpus>/``
 (the training run, ``test.json`` in EVAL.md format with confusion PNGs, and ``test_logits.npy``);
 ``summary.json`` and ``summary.md`` hold the per-fold table and the mean UA over held-out corpora.
+
+``--refit-from RUN`` trains each fold again on every speaker of its training corpora (no dev speakers) and
+stops at the epoch that RUN's fold chose by dev UA, on the same learning-rate schedule: the dev run picks
+how long to train, the refit uses the speakers the dev split held back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from edge_ser.checkpoint import ModelMeta
 from trainer.config import ConfigError, TrainConfig, load_config
@@ -39,12 +44,17 @@ SUMMARY_PROTOCOLS = ("4class", "5class")
 HISTORY_BINS = ((0.0, 1e-9), (1e-9, 15.0), (15.0, 60.0), (60.0, np.inf))  # seconds of the speaker heard before
 
 
-def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict[str, Any]:
-    """Train without ``corpus``, evaluate the best checkpoint on it; return the fold's summary row."""
-    fold_config = config.model_copy(update={"exclude_corpora": [*config.exclude_corpora, corpus]})
+def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, refit_epoch: int | None = None
+             ) -> dict[str, Any]:
+    """Train without ``corpus``, evaluate the best checkpoint on it; return the fold's summary row.
+    ``refit_epoch``: train on every speaker (no dev split) and keep the model of that epoch."""
+    update: dict[str, Any] = {"exclude_corpora": [*config.exclude_corpora, corpus]}
+    if refit_epoch is not None:
+        update.update(dev_fraction=0.0, last_epoch=refit_epoch)
+    fold_config = TrainConfig.model_validate({**config.model_dump(), **update})
     indices = training_indices(fold_config, data)
-    train_idx, dev_idx = speaker_split(data.manifest.clips, indices, config.dev_fraction, config.dev_min_speakers,
-                                       config.seed)
+    train_idx, dev_idx = speaker_split(data.manifest.clips, indices, fold_config.dev_fraction,
+                                       fold_config.dev_min_speakers, fold_config.seed)
     log.info("fold %s: train %d clips, dev %d clips", corpus, len(train_idx), len(dev_idx))
     result = fit(fold_config, data, train_idx, dev_idx, out)
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
@@ -58,7 +68,8 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
     np.save(out / "test_logits.npy", logits, allow_pickle=False)
     clips = [data.manifest.clips[i] for i in test_idx]
     row: dict[str, Any] = {"corpus": corpus, "train_clips": len(train_idx), "dev_clips": len(dev_idx),
-                           "best_epoch": result.best_epoch, "dev_ua": result.dev.get("ua")}
+                           "best_epoch": result.best_epoch,
+                           "dev_ua": None if np.isnan(result.dev.get("ua", np.nan)) else result.dev["ua"]}
     for protocol in SUMMARY_PROTOCOLS:
         rep = report(logits, clips, meta.labels, protocol, False, str(result.model_dir), str(data.manifest.path))
         if not rep["corpora"]:
@@ -68,6 +79,26 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path) -> dict
         entry = rep["corpora"][corpus]
         row[protocol] = {k: entry[k] for k in ("n", "ua", "macro_f1", "wa", "ece")}
     return row
+
+
+def refit_epoch(dev_run: Path, corpus: str, config: TrainConfig) -> int:
+    """The epoch that ``dev_run``'s fold for ``corpus`` kept by dev UA (its ``metrics.json``), checked to come
+    from the same schedule as ``config``'s."""
+    fold = dev_run / f"fold-{safe_name(corpus)}"
+    metrics, settings = fold / "metrics.json", fold / "config.yaml"
+    for path in (metrics, settings):
+        if not path.is_file():
+            raise FileNotFoundError(f"--refit-from: {path} does not exist (a LOCO run's fold, trained with dev "
+                                    "speakers, is needed)")
+    trained = yaml.safe_load(settings.read_text())
+    for key in ("epochs", "lr", "min_lr_ratio"):
+        if trained.get(key) != getattr(config, key):
+            raise ValueError(f"--refit-from: {settings} has {key} {trained.get(key)!r}, this recipe "
+                             f"{getattr(config, key)!r}: the refit must follow the dev run's schedule")
+    if not trained.get("dev_fraction"):
+        raise ValueError(f"--refit-from: {settings} has no dev speakers (dev_fraction {trained.get('dev_fraction')!r})"
+                         ": its epochs were not chosen by dev UA")
+    return int(json.loads(metrics.read_text())["best"]["epoch"])
 
 
 CENTRE_MODES = ("none", "clip", "speaker", "stream", "stream-grouped")
@@ -239,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-s", type=float, default=30.0, help="clip and stream modes: seconds of the "
                         "training mean the clip's or running mean is shrunk toward (default 30, as the agent's)")
     parser.add_argument("--stream-seed", type=int, default=0, help="stream modes: seed of the clip order")
+    parser.add_argument("--refit-from", type=Path, default=None, metavar="RUN", help="train each fold on every "
+                        "speaker of its training corpora (no dev split) up to the epoch RUN's fold chose by dev UA "
+                        "(RUN: a LOCO run of the same schedule)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = shlex.join(["python", "-m", "trainer.loco", *(sys.argv[1:] if argv is None else argv)])
@@ -257,14 +291,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         if args.centre and not args.rescore:
             raise ValueError("--centre goes with --rescore (to train centred: --set normalize=speaker)")
+        if args.refit_from and args.rescore:
+            raise ValueError("--refit-from trains: it does not go with --rescore")
         centring = Centring(args.centre or "auto", args.prior_s, args.stream_seed)
         stem = (f"summary.centre-{args.centre}" if args.centre else "summary.rescored" if args.rescore
                 else "summary")
         for corpus in folds:
             fold_dir = out / f"fold-{safe_name(corpus)}"
-            rows.append(rescore_fold(config, data, corpus, fold_dir, args.frame_mean, centring)
-                        if args.rescore
-                        else run_fold(config, data, corpus, fold_dir))
+            if args.rescore:
+                rows.append(rescore_fold(config, data, corpus, fold_dir, args.frame_mean, centring))
+            else:
+                epoch = refit_epoch(args.refit_from, corpus, config) if args.refit_from else None
+                rows.append(run_fold(config, data, corpus, fold_dir, epoch))
             summary, table = summarize(rows, command)
             (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
             (out / f"{stem}.md").write_text(table)

@@ -290,7 +290,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
 
     reg = config.regularize
     crop_frames = max(1, round(reg.crop_min_s * SAMPLE_RATE / WINDOW_QUANTUM))
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if config.last_epoch is None else config.last_epoch + 1
+    for epoch in range(start_epoch, end_epoch):
         started = time.monotonic()
         rng = np.random.default_rng([config.seed, epoch])
         reg_rng = np.random.default_rng([config.seed, epoch, 2])
