@@ -32,6 +32,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -79,18 +80,21 @@ def _score(member: Member, config: TrainConfig, data: RunData, corpus: str, scra
     return float(rescore_fold(config, data, corpus, scratch, frame_mean=False)["4class"]["ua"])
 
 
+def _history(fold: Path) -> list[dict[str, Any]]:
+    """The fold's per-epoch entries from its ``metrics.json``."""
+    return json.loads((fold / "metrics.json").read_text())["history"]
+
+
 def _by_dev_loss(fold: Path) -> list[int]:
     """The fold's epochs, lowest dev loss first (an earlier epoch wins a tie), from its ``metrics.json``."""
-    history = json.loads((fold / "metrics.json").read_text())["history"]
-    scored = [(float(e["dev_loss"]), int(e["epoch"])) for e in history if e.get("dev_loss") is not None]
+    scored = [(float(e["dev_loss"]), int(e["epoch"])) for e in _history(fold) if e.get("dev_loss") is not None]
     return [epoch for _, epoch in sorted(scored)]
 
 
 def _by_smoothed_dev_ua(fold: Path) -> list[int]:
     """The fold's epochs, best dev UA averaged over the epoch and its ``SMOOTH_RADIUS`` neighbours on each side
     first (fewer at the ends of the run; an earlier epoch wins a tie), from its ``metrics.json``."""
-    history = json.loads((fold / "metrics.json").read_text())["history"]
-    ua = {int(e["epoch"]): float(e["dev_ua"]) for e in history if e.get("dev_ua") is not None}
+    ua = {int(e["epoch"]): float(e["dev_ua"]) for e in _history(fold) if e.get("dev_ua") is not None}
     smoothed = [(-float(np.mean([ua[n] for n in range(e - SMOOTH_RADIUS, e + SMOOTH_RADIUS + 1) if n in ua])), e)
                 for e in ua]
     return [epoch for _, epoch in sorted(smoothed)]

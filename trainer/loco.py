@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from edge_ser.checkpoint import ModelMeta
 from trainer.config import ConfigError, TrainConfig, load_config
@@ -90,13 +89,13 @@ def refit_epoch(dev_run: Path, corpus: str, config: TrainConfig) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--refit-from: {path} does not exist (a LOCO run's fold, trained with dev "
                                     "speakers, is needed)")
-    trained = yaml.safe_load(settings.read_text())
+    trained = load_config(settings)
     for key in ("epochs", "lr", "min_lr_ratio"):
-        if trained.get(key) != getattr(config, key):
-            raise ValueError(f"--refit-from: {settings} has {key} {trained.get(key)!r}, this recipe "
+        if getattr(trained, key) != getattr(config, key):
+            raise ValueError(f"--refit-from: {settings} has {key} {getattr(trained, key)!r}, this recipe "
                              f"{getattr(config, key)!r}: the refit must follow the dev run's schedule")
-    if not trained.get("dev_fraction"):
-        raise ValueError(f"--refit-from: {settings} has no dev speakers (dev_fraction {trained.get('dev_fraction')!r})"
+    if not trained.dev_fraction:
+        raise ValueError(f"--refit-from: {settings} has no dev speakers (dev_fraction {trained.dev_fraction!r})"
                          ": its epochs were not chosen by dev UA")
     return int(json.loads(metrics.read_text())["best"]["epoch"])
 
@@ -293,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--centre goes with --rescore (to train centred: --set normalize=speaker)")
         if args.refit_from and args.rescore:
             raise ValueError("--refit-from trains: it does not go with --rescore")
+        # every fold's epoch is read before the first fold trains, so a bad RUN fails at once
+        refit_epochs = {c: refit_epoch(args.refit_from, c, config) for c in folds} if args.refit_from else {}
         centring = Centring(args.centre or "auto", args.prior_s, args.stream_seed)
         stem = (f"summary.centre-{args.centre}" if args.centre else "summary.rescored" if args.rescore
                 else "summary")
@@ -301,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rescore:
                 rows.append(rescore_fold(config, data, corpus, fold_dir, args.frame_mean, centring))
             else:
-                epoch = refit_epoch(args.refit_from, corpus, config) if args.refit_from else None
-                rows.append(run_fold(config, data, corpus, fold_dir, epoch))
+                rows.append(run_fold(config, data, corpus, fold_dir, refit_epochs.get(corpus)))
             summary, table = summarize(rows, command)
             (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
             (out / f"{stem}.md").write_text(table)
