@@ -31,7 +31,7 @@ def test_domain_head_pushes_shared_features_against_the_domain_loss() -> None:
     def fc1_grad(weight: float) -> torch.Tensor:
         module.zero_grad()
         module.reversal_weight = weight
-        _, domain_logits = module(x, valid)
+        domain_logits = module(x, valid).domain_logits
         assert domain_logits is not None and domain_logits.shape == (4, 3)
         torch.nn.functional.cross_entropy(domain_logits, labels).backward()
         return model.head.fc1.weight.grad.clone()

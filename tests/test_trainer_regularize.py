@@ -1,5 +1,5 @@
-"""Random crops, mixup and speaker shifts of training batches, and which epochs a snapshot run keeps (pure
-logic)."""
+"""Random crops, mixup, speaker shifts, the cross-corpus contrast and the frame-level loss of training batches,
+and which epochs a snapshot run keeps (pure logic)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer.cache import valid_mask
-from trainer.regularize import mixup, random_crop, speaker_shift
+from trainer.regularize import cross_corpus_contrast, frame_cross_entropy, mixup, random_crop, speaker_shift
 from trainer.train import _keep_snapshot
 
 
@@ -125,6 +125,47 @@ def test_speaker_shift_probability_and_seed() -> None:
     assert 0.25 < share < 0.35  # about p of the rows (a row drawing its own speaker stays: 1 in 50)
     again = speaker_shift(own, pool, np.random.default_rng(4), 0.3, 1.0)
     assert again is not None and np.array_equal(offsets, again)
+
+
+def test_contrast_without_a_cross_corpus_positive_is_zero_and_finite() -> None:
+    pooled = torch.randn(4, 6, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 1])
+    corpora = torch.tensor([0, 0, 0, 0])  # one corpus: no positive anywhere
+    loss, anchors = cross_corpus_contrast(pooled, labels, corpora, 0.1)
+    loss.backward()
+    assert anchors == 0 and float(loss) == 0.0
+    assert pooled.grad is not None and torch.isfinite(pooled.grad).all()
+
+
+def test_contrast_rewards_one_class_across_corpora_and_ignores_its_own_corpus() -> None:
+    labels = torch.tensor([0, 0, 1, 0])
+    corpora = torch.tensor([0, 1, 1, 0])
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    aligned = torch.tensor([a, a, b, b])  # row 0 and its cross-corpus positive (row 1) point the same way
+    crossed = torch.tensor([a, b, a, a])  # class-0 rows next to the class-1 row, away from their positives
+    loss_aligned, anchors = cross_corpus_contrast(aligned, labels, corpora, 0.5)
+    loss_crossed, _ = cross_corpus_contrast(crossed, labels, corpora, 0.5)
+    assert anchors == 3  # rows 0, 1, 3 have a same-class row in another corpus; row 2 has none
+    assert float(loss_aligned) < float(loss_crossed)
+    # by hand, temperature 0.5 (cosines 1 or 0 -> 2 or 0). Row 3 shares row 0's class and corpus, so neither
+    # is in the other's loss: row 0 sees row 1 (+) and row 2 (-); row 1 sees rows 0, 3 (+) and 2 (-); row 3
+    # sees row 1 (+) and row 2 (-).
+    log_softmax = torch.log_softmax
+    row0 = -log_softmax(torch.tensor([2.0, 0.0]), dim=0)[0]
+    row1 = -log_softmax(torch.tensor([2.0, 0.0, 0.0]), dim=0)[[0, 2]].mean()
+    row3 = -log_softmax(torch.tensor([0.0, 2.0]), dim=0)[0]
+    assert torch.allclose(loss_aligned, (row0 + row1 + row3) / 3)
+
+
+def test_frame_loss_averages_each_valid_frames_cross_entropy_and_skips_padding() -> None:
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0], [9.0, -9.0]],  # row 0: third frame is padding
+                           [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])  # row 1: no valid frame
+    targets = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    per_clip = frame_cross_entropy(logits, targets, valid)
+    first, second = (torch.log_softmax(torch.tensor(x), 0)[0] for x in ([2.0, 0.0], [0.0, 2.0]))
+    by_hand = -(first + second) / 2
+    assert torch.allclose(per_clip, torch.stack([by_hand, torch.tensor(0.0)]))
 
 
 def test_snapshots_keep_the_best_k_epochs_on_disk(tmp_path: Path) -> None:

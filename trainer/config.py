@@ -56,7 +56,7 @@ class BalanceSettings(BaseModel):
 
 
 class RegularizeSettings(BaseModel):
-    """Batch-level regularizers on the frozen layers' output (trainer/regularize.py); both off by default."""
+    """Batch-level regularizers on the frozen layers' output (trainer/regularize.py); all off by default."""
 
     model_config = ConfigDict(extra="forbid")
     crop_p: float = Field(0.0, ge=0, le=1, description="Share of training clips cut to one random span of "
@@ -73,6 +73,19 @@ class RegularizeSettings(BaseModel):
                                    "stop 17). Needs the cache.")
     speaker_shift_max: float = Field(1.0, gt=0, le=2, description="The move's share of the way to the other "
                                      "speaker's mean is uniform in [0, this] (1: up to the whole way).")
+    contrast_weight: float = Field(0.0, ge=0, description="Weight of the cross-corpus supervised contrastive "
+                                   "loss on the head's frame-averaged activations: clips of one class from "
+                                   "different corpora pulled together, other classes pushed apart "
+                                   "(trainer/regularize.py, cross_corpus_contrast; 0: off). Mixed rows do not "
+                                   "anchor it. Measured at 0.1: -0.008 LOCO UA over two seeds "
+                                   "(docs/ablations.md, stop 28).")
+    contrast_temperature: float = Field(0.1, gt=0, description="Temperature of the cross-corpus contrast's "
+                                        "cosine similarities.")
+    frame_loss_weight: float = Field(0.0, ge=0, description="Weight of an extra cross-entropy of every valid "
+                                     "frame's logits against its clip's target (averaged over the clip's frames, "
+                                     "loss-weighted like the clip loss), so that each frame carries the emotion "
+                                     "on its own, not only their mean (0: off). Measured at 0.5: -0.103 LOCO "
+                                     "UA on two folds (docs/ablations.md, stop 28).")
 
 
 class TrainConfig(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -45,6 +46,17 @@ class DomainHead(nn.Module):
         return self.net(pooled)
 
 
+class TrainOutputs(NamedTuple):
+    """What one training forward pass gives: clip logits, domain logits (None without a domain head), the
+    head's frame-averaged hidden activations (what the domain head and the cross-corpus contrast read) and the
+    frame logits (B, F, C) the clip logits average."""
+
+    clip_logits: torch.Tensor
+    domain_logits: torch.Tensor | None
+    pooled: torch.Tensor
+    frame_logits: torch.Tensor
+
+
 class TrainModule(nn.Module):
     """What DDP wraps: the emotion model from layer ``start_layer`` on, plus the optional domain head."""
 
@@ -71,16 +83,18 @@ class TrainModule(nn.Module):
         return self.model.features(x, start_layer=self.start_layer, hidden=x, key_padding=~valid, offset=offset)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool = False,
-                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Clip logits (B, C) (without prior correction) and domain logits (B, n_domains) or None."""
+                offset: torch.Tensor | None = None) -> TrainOutputs:
+        """Clip logits (B, C) (without prior correction), domain logits (B, n_domains) or None, the head's
+        hidden activations averaged over valid frames (B, hidden), and the frame logits (B, F, C)."""
         feats = self.encode(x, valid, from_mel, offset)
         frame_logits, weights, hidden = self.model.head.frame_outputs(feats, valid)
         clip_logits = torch.einsum("bf,bfc->bc", weights, frame_logits)
-        if self.domain is None:
-            return clip_logits, None
         mask = valid.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return clip_logits, self.domain(gradient_reversal(pooled, self.reversal_weight))
+        if self.domain is None:
+            return TrainOutputs(clip_logits, None, pooled, frame_logits)
+        return TrainOutputs(clip_logits, self.domain(gradient_reversal(pooled, self.reversal_weight)), pooled,
+                            frame_logits)
 
 
 class WeightAverage:

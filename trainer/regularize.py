@@ -1,7 +1,8 @@
 """Batch-level regularizers applied in training after the frozen layers: random crops of a clip's frames,
 mixup of two clips, and speaker shifts (a clip's speaker-level feature offset moved toward another training
 speaker's). All draw from their own numpy generator, so turning them on leaves the batch order, the view
-choice and dropout of a run unchanged."""
+choice and dropout of a run unchanged. The cross-corpus contrast and the frame-level cross-entropy are extra
+losses on the head's activations and frame logits (they draw nothing at all)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,38 @@ def speaker_shift(own: np.ndarray, pool: np.ndarray, rng: np.random.Generator, p
     other = pool[rng.integers(0, len(pool), size=batch)]
     share = rng.uniform(0.0, max_share, size=batch) * drawn
     return (share[:, None] * (own - other)).astype(np.float32)
+
+
+def cross_corpus_contrast(pooled: torch.Tensor, labels: torch.Tensor, corpora: torch.Tensor,
+                          temperature: float) -> tuple[torch.Tensor, int]:
+    """Supervised contrastive loss whose positives come from other corpora only, and how many rows anchored it.
+
+    ``pooled`` (B, H): each clip's head activations averaged over its frames; ``labels`` (B,) its class;
+    ``corpora`` (B,) its corpus. On the unit sphere, each row is pulled toward the rows of the same class from
+    *another* corpus and pushed from the rows of other classes (any corpus); rows of its own class and corpus
+    are neither (they are what a corpus-specific cue would already group). The loss of a row is the mean, over
+    its positives, of -log softmax of cosine / ``temperature`` among its positives and negatives; rows without
+    a positive in the batch add nothing. Returns a zero loss when no row has a positive."""
+    z = torch.nn.functional.normalize(pooled.float(), dim=-1)
+    similarity = z @ z.T / temperature
+    same_label = labels[:, None] == labels[None, :]
+    same_corpus = corpora[:, None] == corpora[None, :]
+    positive = same_label & ~same_corpus
+    candidate = positive | ~same_label
+    log_prob = similarity.masked_fill(~candidate, -1e4)  # finite: a row with no candidate stays NaN-free
+    log_prob = log_prob - torch.logsumexp(log_prob, dim=1, keepdim=True)
+    n_positive = positive.sum(dim=1)
+    anchors = n_positive > 0
+    if not bool(anchors.any()):
+        return similarity.sum() * 0.0, 0
+    per_row = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / n_positive.clamp(min=1)
+    return per_row[anchors].mean(), int(anchors.sum())
+
+
+def frame_cross_entropy(frame_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) each clip's cross-entropy of its valid frames' logits (B, F, C) against its (soft) target (B, C),
+    averaged over those frames; a clip with no valid frame gives 0."""
+    log_probs = torch.log_softmax(frame_logits.float(), dim=-1)
+    per_frame = -(log_probs * targets[:, None, :]).sum(dim=-1)
+    mask = valid.to(per_frame.dtype)
+    return (per_frame * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

@@ -48,7 +48,7 @@ from trainer.labels import LabelError, LabelMap
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
-from trainer.regularize import mixup, random_crop, speaker_shift
+from trainer.regularize import cross_corpus_contrast, frame_cross_entropy, mixup, random_crop, speaker_shift
 from trainer.speaker_norm import clip_means, speaker_offsets, speaker_table
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
@@ -287,6 +287,9 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     targets_t = torch.from_numpy(targets).to(device)
     weights_t = torch.from_numpy(weights).to(device)
     domains_t = torch.from_numpy(domains).to(device)
+    classes_t = targets_t.argmax(dim=1)  # the top class of each (soft) target: the contrast's class
+    corpus_names = sorted({c.corpus for c in train_clips})
+    corpora_t = torch.tensor([corpus_names.index(c.corpus) for c in train_clips], device=device)
 
     reg = config.regularize
     crop_frames = max(1, round(reg.crop_min_s * SAMPLE_RATE / WINDOW_QUANTUM))
@@ -304,7 +307,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         module.reversal_weight = config.domain.weight * warm
         module.train()
         batches = epoch_batches(lengths, config.batch_size, rng, rank, world)
-        sums = {"loss": 0.0, "weight": 0.0, "domain_loss": 0.0, "domain_correct": 0.0, "count": 0.0}
+        sums = {"loss": 0.0, "weight": 0.0, "domain_loss": 0.0, "domain_correct": 0.0, "count": 0.0,
+                "contrast_loss": 0.0, "contrast_anchors": 0.0, "frame_loss": 0.0}
         if cache is not None:
             choice = rng.integers(0, cache.n_views, size=len(train_idx))
             choice = np.where(view_ok[choice, np.arange(len(train_idx))], choice, 0)
@@ -332,13 +336,18 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             valid = random_crop(valid, reg_rng, reg.crop_p, crop_frames)
             mixed = mixup(x, valid, reg_rng, reg.mixup_p, reg.mixup_alpha)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                clip_logits, domain_logits = wrapped(mixed.x, mixed.valid, from_mel, offset)
+                clip_logits, domain_logits, pooled, frame_logits = wrapped(mixed.x, mixed.valid, from_mel, offset)
             own, other = positions, positions[mixed.partner]
             share = mixed.share[:, None]
             w = mixed.share * weights_t[own] + (1 - mixed.share) * weights_t[other]
-            per_clip = _soft_ce(clip_logits, share * targets_t[own] + (1 - share) * targets_t[other])
+            target = share * targets_t[own] + (1 - share) * targets_t[other]
+            per_clip = _soft_ce(clip_logits, target)
             loss = (w * per_clip).sum() / w.sum()
             total = loss
+            if reg.frame_loss_weight > 0:
+                per_frame = frame_cross_entropy(frame_logits, target, mixed.valid)
+                total = total + reg.frame_loss_weight * (w * per_frame).sum() / w.sum()
+                sums["frame_loss"] += float((w * per_frame).detach().sum())
             if domain_logits is not None:
                 domain_ce = F.cross_entropy(domain_logits.float(), domains_t[own], reduction="none")
                 if reg.mixup_p > 0:
@@ -348,6 +357,13 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
                 total = total + domain_loss
                 sums["domain_loss"] += float(domain_loss.detach()) * len(positions)
                 sums["domain_correct"] += float((domain_logits.argmax(-1) == domains_t[positions]).sum())
+            if reg.contrast_weight > 0:
+                unmixed = mixed.share == 1
+                contrast, anchors = cross_corpus_contrast(pooled[unmixed], classes_t[own][unmixed],
+                                                          corpora_t[own][unmixed], reg.contrast_temperature)
+                total = total + reg.contrast_weight * contrast
+                sums["contrast_loss"] += float(contrast.detach()) * anchors
+                sums["contrast_anchors"] += anchors
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
@@ -379,6 +395,11 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             "domain_loss": sums["domain_loss"] / sums["count"] if n_domains and sums["count"] else None,
             "domain_acc": sums["domain_correct"] / sums["count"] if n_domains and sums["count"] else None,
             "domain_chance": domain_chance if n_domains else None,
+            "contrast_loss": (sums["contrast_loss"] / sums["contrast_anchors"] if sums["contrast_anchors"]
+                              else None),
+            "contrast_anchor_share": sums["contrast_anchors"] / sums["count"] if reg.contrast_weight > 0
+                                     and sums["count"] else None,
+            "frame_loss": sums["frame_loss"] / max(sums["weight"], 1e-9) if reg.frame_loss_weight > 0 else None,
             "dev_loss": dev["loss"] if dev else None, "dev_ua": dev["ua"] if dev else None,
             "dev_macro_f1": dev["macro_f1"] if dev else None, "seconds": time.monotonic() - started,
         }
