@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from trainer.cache import valid_mask
-from trainer.regularize import cross_corpus_contrast, frame_cross_entropy, mixup, random_crop, speaker_shift
-from trainer.train import _keep_snapshot
+from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift
+from trainer.train import _keep_snapshot, frame_cross_entropy
 
 
 def _valid(counts: list[int], width: int) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Batch-level regularizers applied in training after the frozen layers: random crops of a clip's frames,
 mixup of two clips, and speaker shifts (a clip's speaker-level feature offset moved toward another training
 speaker's). All draw from their own numpy generator, so turning them on leaves the batch order, the view
-choice and dropout of a run unchanged. The cross-corpus contrast and the frame-level cross-entropy are extra
-losses on the head's activations and frame logits (they draw nothing at all)."""
+choice and dropout of a run unchanged. The cross-corpus contrast is an extra loss on the head's activations
+(it draws nothing at all)."""
 
 from __future__ import annotations
 
@@ -112,11 +112,3 @@ def cross_corpus_contrast(pooled: torch.Tensor, labels: torch.Tensor, corpora: t
     per_row = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / n_positive.clamp(min=1)
     return per_row[anchors].mean(), int(anchors.sum())
 
-
-def frame_cross_entropy(frame_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) each clip's cross-entropy of its valid frames' logits (B, F, C) against its (soft) target (B, C),
-    averaged over those frames; a clip with no valid frame gives 0."""
-    log_probs = torch.log_softmax(frame_logits.float(), dim=-1)
-    per_frame = -(log_probs * targets[:, None, :]).sum(dim=-1)
-    mask = valid.to(per_frame.dtype)
-    return (per_frame * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

@@ -48,7 +48,7 @@ from trainer.labels import LabelError, LabelMap
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
-from trainer.regularize import cross_corpus_contrast, frame_cross_entropy, mixup, random_crop, speaker_shift
+from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift
 from trainer.speaker_norm import clip_means, speaker_offsets, speaker_table
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
@@ -195,6 +195,14 @@ def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
 
 
+def frame_cross_entropy(frame_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) each clip's cross-entropy of its valid frames' logits (B, F, C) against its (soft) target (B, C),
+    averaged over those frames; a clip with no valid frame gives 0 (``regularize.frame_loss_weight``)."""
+    per_frame = _soft_ce(frame_logits, targets[:, None, :])
+    mask = valid.to(per_frame.dtype)
+    return (per_frame * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 def _dev_metrics(logits: np.ndarray, targets: np.ndarray, clips: Sequence[Clip], classes: Sequence[str]
                  ) -> dict[str, Any]:
     result = report(logits, clips, classes, "4class", False, "dev", "dev")
@@ -288,8 +296,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     weights_t = torch.from_numpy(weights).to(device)
     domains_t = torch.from_numpy(domains).to(device)
     classes_t = targets_t.argmax(dim=1)  # the top class of each (soft) target: the contrast's class
-    corpus_names = sorted({c.corpus for c in train_clips})
-    corpora_t = torch.tensor([corpus_names.index(c.corpus) for c in train_clips], device=device)
+    corpora_t = torch.from_numpy(np.unique([c.corpus for c in train_clips], return_inverse=True)[1]).to(device)
 
     reg = config.regularize
     crop_frames = max(1, round(reg.crop_min_s * SAMPLE_RATE / WINDOW_QUANTUM))
