@@ -268,19 +268,21 @@ def test_crops_and_mixup_train_from_the_cache_and_from_audio(workspace: dict[str
     assert np.isfinite(history[0]["train_loss"]) and history[0]["train_loss"] > 0
 
 
-def test_cross_corpus_contrast_and_frame_loss_train_and_are_logged(workspace: dict[str, Path]) -> None:
+def test_contrast_frame_loss_and_style_mix_train_and_are_logged(workspace: dict[str, Path]) -> None:
     out = workspace["root"] / "contrast"
     code = train_main(["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
                        "--out", str(out), "--set", f"cache_dir={workspace['cache']}",
                        "--set", f"labels={ROOT / 'configs' / 'labels.yaml'}", *TINY,
-                       "--set", "regularize.contrast_weight=0.1", "--set", "regularize.frame_loss_weight=0.5"])
+                       "--set", "regularize.contrast_weight=0.1", "--set", "regularize.frame_loss_weight=0.5",
+                       "--set", "regularize.style_mix_p=0.5", "--set", "regularize.style_mix_same_class=true"])
     assert code == 0
     entry = json.loads((out / "metrics.json").read_text())["history"][0]
+    assert 0 < entry["style_mix_share"] <= 0.5  # same-class partners from another corpus are not always there
     assert np.isfinite(entry["contrast_loss"]) and entry["contrast_loss"] > 0
     assert 0 < entry["contrast_anchor_share"] <= 1
     assert np.isfinite(entry["frame_loss"]) and entry["frame_loss"] > 0
     plain = json.loads((workspace["run"] / "metrics.json").read_text())["history"][0]
-    assert plain["contrast_loss"] is None and plain["frame_loss"] is None
+    assert plain["contrast_loss"] is None and plain["frame_loss"] is None and plain["style_mix_share"] is None
 
 
 def test_snapshots_merge_the_best_dev_epochs(workspace: dict[str, Path]) -> None:

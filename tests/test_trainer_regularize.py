@@ -1,5 +1,5 @@
-"""Random crops, mixup, speaker shifts, the cross-corpus contrast and the frame-level loss of training batches,
-and which epochs a snapshot run keeps (pure logic)."""
+"""Random crops, mixup, speaker shifts, style mixing, the cross-corpus contrast and the frame-level loss of
+training batches, and which epochs a snapshot run keeps (pure logic)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from trainer.cache import valid_mask
-from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift
+from trainer.regularize import (
+    StyleMix,
+    cross_corpus_contrast,
+    mix_statistics,
+    mixup,
+    random_crop,
+    speaker_shift,
+    style_partners,
+)
 from trainer.train import _keep_snapshot, frame_cross_entropy
 
 
@@ -125,6 +133,54 @@ def test_speaker_shift_probability_and_seed() -> None:
     assert 0.25 < share < 0.35  # about p of the rows (a row drawing its own speaker stays: 1 in 50)
     again = speaker_shift(own, pool, np.random.default_rng(4), 0.3, 1.0)
     assert again is not None and np.array_equal(offsets, again)
+
+
+def test_style_partners_off_is_none_and_partners_come_from_another_corpus() -> None:
+    corpora = np.array([0, 0, 1, 1, 2, 2, 2, 3])
+    classes = np.array([0, 1, 0, 1, 0, 1, 1, 2])  # row 7: the only clip of class 2
+    assert style_partners(corpora, classes, np.random.default_rng(0), 0.0, 0.1, False) is None
+    for same_class in (False, True):
+        for seed in range(30):
+            style = style_partners(corpora, classes, np.random.default_rng(seed), 1.0, 0.1, same_class)
+            assert style is not None
+            partner, share = style.partner.numpy(), style.share.numpy()
+            assert ((share >= 0) & (share <= 1)).all()
+            for row in np.flatnonzero(share < 1):
+                assert corpora[partner[row]] != corpora[row]
+                if same_class:
+                    assert classes[partner[row]] == classes[row]
+            assert (partner[share == 1] == np.flatnonzero(share == 1)).all()  # unmixed rows keep themselves
+            if same_class:
+                assert share[7] == 1  # no other clip of its class to borrow from
+
+
+def test_style_mix_probability_and_seed() -> None:
+    corpora, classes = np.arange(4000) % 5, np.zeros(4000, dtype=int)
+    style = style_partners(corpora, classes, np.random.default_rng(3), 0.5, 0.1, False)
+    again = style_partners(corpora, classes, np.random.default_rng(3), 0.5, 0.1, False)
+    assert style is not None and again is not None
+    assert torch.equal(style.partner, again.partner) and torch.equal(style.share, again.share)
+    assert 0.45 < float(style.drawn.float().mean()) < 0.55
+
+
+def test_mix_statistics_moves_a_rows_mean_and_spread_to_its_partners_and_keeps_its_pattern() -> None:
+    torch.manual_seed(0)
+    feats = torch.randn(3, 12, 5) * torch.tensor([1.0, 2.0, 3.0, 0.5, 4.0]) + torch.arange(5.0)
+    feats[1] = feats[1] * 3 - 7
+    feats[1, 9:] = 1e3  # padding of row 1: must not count in its statistics
+    valid = _valid([12, 9, 12], 12)
+    style = StyleMix(torch.tensor([1, 1, 0]), torch.tensor([0.0, 1.0, 0.25]))
+    out = mix_statistics(feats, valid, style)
+    assert torch.equal(out[1], feats[1])  # not drawn: untouched
+    partner = feats[1, :9]
+    assert torch.allclose(out[0].mean(0), partner.mean(0), atol=1e-4)
+    assert torch.allclose(out[0].std(0, unbiased=False), partner.std(0, unbiased=False), atol=1e-3)
+    own = (feats[0] - feats[0].mean(0)) / feats[0].std(0, unbiased=False)
+    assert torch.allclose((out[0] - out[0].mean(0)) / out[0].std(0, unbiased=False), own, atol=1e-3)
+    mean = 0.25 * feats[2].mean(0) + 0.75 * feats[0].mean(0)  # row 2 keeps a quarter of its own
+    std = 0.25 * feats[2].std(0, unbiased=False) + 0.75 * feats[0].std(0, unbiased=False)
+    assert torch.allclose(out[2].mean(0), mean, atol=1e-4)
+    assert torch.allclose(out[2].std(0, unbiased=False), std, atol=1e-3)
 
 
 def test_contrast_without_a_cross_corpus_positive_is_zero_and_finite() -> None:

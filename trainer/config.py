@@ -86,6 +86,15 @@ class RegularizeSettings(BaseModel):
                                      "loss-weighted like the clip loss), so that each frame carries the emotion "
                                      "on its own, not only their mean (0: off). Measured at 0.5: -0.103 LOCO "
                                      "UA on two folds (docs/ablations.md, stop 28).")
+    style_mix_p: float = Field(0.0, ge=0, le=1, description="Share of training clips whose normalised features "
+                               "take part of another corpus's clip's per-channel mean and standard deviation over "
+                               "time each step (MixStyle, cross-domain; trainer/regularize.py; 0: off), so the "
+                               "head cannot lean on a corpus's or speaker's feature statistics.")
+    style_mix_alpha: float = Field(0.1, gt=0, description="Beta(alpha, alpha) draws the clip's own share of the "
+                                   "mixed statistics (0.1, MixStyle's: mostly near 0 or 1).")
+    style_mix_same_class: bool = Field(False, description="Mix only with clips of the same class (and another "
+                                       "corpus), so the statistics' emotion stays and only corpus and speaker "
+                                       "move.")
 
 
 class TrainConfig(BaseModel):

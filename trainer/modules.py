@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edge_ser.model import EmotionModel
+from trainer.regularize import StyleMix, mix_statistics
 
 
 class _Reverse(torch.autograd.Function):
@@ -83,10 +84,13 @@ class TrainModule(nn.Module):
         return self.model.features(x, start_layer=self.start_layer, hidden=x, key_padding=~valid, offset=offset)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, from_mel: bool = False,
-                offset: torch.Tensor | None = None) -> TrainOutputs:
+                offset: torch.Tensor | None = None, style: StyleMix | None = None) -> TrainOutputs:
         """Clip logits (B, C) (without prior correction), domain logits (B, n_domains) or None, the head's
-        hidden activations averaged over valid frames (B, hidden), and the frame logits (B, F, C)."""
+        hidden activations averaged over valid frames (B, hidden), and the frame logits (B, F, C).
+        ``style``: rows whose normalised features take part of another row's statistics before the head."""
         feats = self.encode(x, valid, from_mel, offset)
+        if style is not None:
+            feats = mix_statistics(feats, valid, style)
         frame_logits, weights, hidden = self.model.head.frame_outputs(feats, valid)
         clip_logits = torch.einsum("bf,bfc->bc", weights, frame_logits)
         mask = valid.unsqueeze(-1).to(hidden.dtype)

@@ -1,8 +1,9 @@
 """Batch-level regularizers applied in training after the frozen layers: random crops of a clip's frames,
-mixup of two clips, and speaker shifts (a clip's speaker-level feature offset moved toward another training
-speaker's). All draw from their own numpy generator, so turning them on leaves the batch order, the view
-choice and dropout of a run unchanged. The cross-corpus contrast is an extra loss on the head's activations
-(it draws nothing at all)."""
+mixup of two clips, speaker shifts (a clip's speaker-level feature offset moved toward another training
+speaker's) and style mixing (a clip's per-channel feature mean and spread over time mixed with another
+corpus's clip's, MixStyle). All draw from their own numpy generator, so turning them on leaves the batch
+order, the view choice and dropout of a run unchanged. The cross-corpus contrast is an extra loss on the
+head's activations (it draws nothing at all)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,63 @@ def speaker_shift(own: np.ndarray, pool: np.ndarray, rng: np.random.Generator, p
     other = pool[rng.integers(0, len(pool), size=batch)]
     share = rng.uniform(0.0, max_share, size=batch) * drawn
     return (share[:, None] * (own - other)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class StyleMix:
+    """Which rows of a batch take part of another row's feature statistics, and how much of their own they keep."""
+
+    partner: torch.Tensor  # (B,) long: the row whose statistics are mixed in (itself when not drawn)
+    share: torch.Tensor  # (B,) float: the row's own share lambda in [0, 1]; 1 when not drawn
+
+    @property
+    def drawn(self) -> torch.Tensor:
+        return self.share < 1
+
+
+def style_partners(corpora: np.ndarray, classes: np.ndarray, rng: np.random.Generator, p: float, alpha: float,
+                   same_class: bool) -> StyleMix | None:
+    """Draw style-mixing partners for a batch: each row (probability ``p``) gets a partner drawn uniformly
+    from the batch rows of *another* corpus (and, with ``same_class``, of the same class), and an own share
+    ``l ~ Beta(alpha, alpha)``. Rows drawn without an eligible partner stay unmixed. None when ``p`` is 0.
+
+    Mixing with another corpus's statistics is MixStyle's cross-domain variant; ``same_class`` keeps what a
+    clip's statistics say about its emotion (the partner is the same emotion) and moves only the rest."""
+    if p <= 0:
+        return None
+    batch = len(corpora)
+    partner = np.arange(batch)
+    share = np.ones(batch, dtype=np.float32)
+    drawn = rng.random(batch) < p
+    lam = rng.beta(alpha, alpha, size=batch).astype(np.float32)
+    picks = rng.random(batch)
+    for row in np.flatnonzero(drawn):
+        eligible = corpora != corpora[row]
+        if same_class:
+            eligible &= classes == classes[row]
+        candidates = np.flatnonzero(eligible)
+        if len(candidates):
+            partner[row] = candidates[int(picks[row] * len(candidates))]
+            share[row] = lam[row]
+    partner = np.where(share < 1, partner, np.arange(batch))  # a draw of l = 1 (float32) mixes nothing
+    return StyleMix(torch.from_numpy(partner), torch.from_numpy(share))
+
+
+def mix_statistics(feats: torch.Tensor, valid: torch.Tensor, style: StyleMix, eps: float = 1e-6) -> torch.Tensor:
+    """MixStyle on frame features (B, F, D): each drawn row is standardised with its own per-channel mean and
+    standard deviation over its valid frames, then rescaled with ``l * own + (1 - l) * partner``'s (the
+    partner's statistics over *its* valid frames). The statistics are taken out of the gradient, as in
+    MixStyle; rows not drawn are returned unchanged."""
+    mask = valid.unsqueeze(-1).to(feats.dtype)
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = ((feats * mask).sum(dim=1, keepdim=True) / count).detach()
+    std = ((((feats - mean) ** 2) * mask).sum(dim=1, keepdim=True) / count + eps).sqrt().detach()
+    partner = style.partner.to(feats.device)
+    share = style.share.to(device=feats.device, dtype=feats.dtype).view(-1, 1, 1)
+    mixed_mean = share * mean + (1 - share) * mean[partner]
+    mixed_std = share * std + (1 - share) * std[partner]
+    mixed = (feats - mean) / std * mixed_std + mixed_mean
+    return torch.where(style.drawn.to(feats.device).view(-1, 1, 1), mixed, feats)
 
 
 def cross_corpus_contrast(pooled: torch.Tensor, labels: torch.Tensor, corpora: torch.Tensor,

@@ -48,7 +48,7 @@ from trainer.labels import LabelError, LabelMap
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
-from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift
+from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift, style_partners
 from trainer.speaker_norm import clip_means, speaker_offsets, speaker_table
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
 
@@ -295,8 +295,10 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     targets_t = torch.from_numpy(targets).to(device)
     weights_t = torch.from_numpy(weights).to(device)
     domains_t = torch.from_numpy(domains).to(device)
-    classes_t = targets_t.argmax(dim=1)  # the top class of each (soft) target: the contrast's class
-    corpora_t = torch.from_numpy(np.unique([c.corpus for c in train_clips], return_inverse=True)[1]).to(device)
+    classes_t = targets_t.argmax(dim=1)  # the top class of each (soft) target: the contrast's and style mix's
+    classes = targets.argmax(axis=1)
+    corpora = np.unique([c.corpus for c in train_clips], return_inverse=True)[1]
+    corpora_t = torch.from_numpy(corpora).to(device)
 
     reg = config.regularize
     crop_frames = max(1, round(reg.crop_min_s * SAMPLE_RATE / WINDOW_QUANTUM))
@@ -306,6 +308,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         rng = np.random.default_rng([config.seed, epoch])
         reg_rng = np.random.default_rng([config.seed, epoch, 2])
         shift_rng = np.random.default_rng([config.seed, epoch, 3])
+        style_rng = np.random.default_rng([config.seed, epoch, 4])
         torch.manual_seed(config.seed * 1000 + epoch)
         scale = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -315,7 +318,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         module.train()
         batches = epoch_batches(lengths, config.batch_size, rng, rank, world)
         sums = {"loss": 0.0, "weight": 0.0, "domain_loss": 0.0, "domain_correct": 0.0, "count": 0.0,
-                "contrast_loss": 0.0, "contrast_anchors": 0.0, "frame_loss": 0.0}
+                "contrast_loss": 0.0, "contrast_anchors": 0.0, "frame_loss": 0.0, "style_mixed": 0.0}
         if cache is not None:
             choice = rng.integers(0, cache.n_views, size=len(train_idx))
             choice = np.where(view_ok[choice, np.arange(len(train_idx))], choice, 0)
@@ -342,8 +345,14 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             valid = valid_mask(frames, x.shape[-1] // 2 if from_mel else x.shape[1])
             valid = random_crop(valid, reg_rng, reg.crop_p, crop_frames)
             mixed = mixup(x, valid, reg_rng, reg.mixup_p, reg.mixup_alpha)
+            batch_rows = positions.cpu().numpy()
+            style = style_partners(corpora[batch_rows], classes[batch_rows], style_rng, reg.style_mix_p,
+                                   reg.style_mix_alpha, reg.style_mix_same_class)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                clip_logits, domain_logits, pooled, frame_logits = wrapped(mixed.x, mixed.valid, from_mel, offset)
+                clip_logits, domain_logits, pooled, frame_logits = wrapped(mixed.x, mixed.valid, from_mel, offset,
+                                                                           style)
+            if style is not None:
+                sums["style_mixed"] += float(style.drawn.sum())
             own, other = positions, positions[mixed.partner]
             share = mixed.share[:, None]
             w = mixed.share * weights_t[own] + (1 - mixed.share) * weights_t[other]
@@ -407,6 +416,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             "contrast_anchor_share": sums["contrast_anchors"] / sums["count"] if reg.contrast_weight > 0
                                      and sums["count"] else None,
             "frame_loss": sums["frame_loss"] / max(sums["weight"], 1e-9) if reg.frame_loss_weight > 0 else None,
+            "style_mix_share": sums["style_mixed"] / sums["count"] if reg.style_mix_p > 0 and sums["count"]
+                               else None,
             "dev_loss": dev["loss"] if dev else None, "dev_ua": dev["ua"] if dev else None,
             "dev_macro_f1": dev["macro_f1"] if dev else None, "seconds": time.monotonic() - started,
         }
