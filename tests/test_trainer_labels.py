@@ -1,4 +1,4 @@
-"""Soft-label map: YAML parsing, targets, neutral smoothing, hard mode, unmapped labels."""
+"""Soft-label map: YAML parsing, targets, neutral smoothing, hard mode, unmapped labels, uniform smoothing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_ser.types import EMOTIONS
-from trainer.labels import LabelError, LabelMap
+from trainer.labels import LabelError, LabelMap, uniform_smoothing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,3 +80,15 @@ def test_malformed_maps_name_the_problem(tmp_path: Path, text: str, message: str
     with pytest.raises(LabelError) as info:
         LabelMap.from_yaml(write(tmp_path, text))
     assert message in str(info.value)
+
+
+def test_uniform_smoothing_spreads_a_share_evenly_and_keeps_the_top_class() -> None:
+    targets = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    assert uniform_smoothing(targets, 0.0) is targets
+    smoothed = uniform_smoothing(targets, 0.2)
+    assert smoothed.dtype == np.float32
+    np.testing.assert_allclose(smoothed[0], [0.85, 0.05, 0.05, 0.05], rtol=1e-6)
+    np.testing.assert_allclose(smoothed.sum(axis=1), 1.0, rtol=1e-6)
+    assert (smoothed.argmax(axis=1) == np.array([0, 1, 3])).all()
+    with pytest.raises(ValueError, match="label smoothing must be in"):
+        uniform_smoothing(targets, 1.0)

@@ -105,6 +105,10 @@ class TrainConfig(BaseModel):
     label_mode: Literal["soft", "hard"] = Field("soft", description="soft: label map + neutral smoothing; "
                                                 "hard: one-hot of the map's top class.")
     neutral_smoothing: float | None = Field(None, ge=0, lt=1, description="Override the map's smoothing.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Uniform label smoothing of the training "
+                                   "targets (after label_mode and neutral smoothing): this share of each "
+                                   "target's mass spread evenly over all output classes (0: off). Dev targets "
+                                   "stay as they are.")
     corpora: list[str] | None = Field(None, description="Train only on these corpora (all when null).")
     exclude_corpora: list[str] = Field(default_factory=list, description="Corpora left out of training.")
     train_protocol: Literal["all", "4class", "5class"] = Field(

@@ -129,3 +129,13 @@ class LabelMap:
             raise LabelError(f"{len(missing)} labels are not in the label map and it has no default: {listed}")
         return np.stack([self.target(e, c, o) for c, e, o in labels]) if labels else np.zeros(
             (0, len(self.classes)), dtype=np.float32)
+
+
+def uniform_smoothing(targets: np.ndarray, amount: float) -> np.ndarray:
+    """Label smoothing: each target row moves ``amount`` of its mass to the uniform distribution over the
+    classes (``(1 - amount) * t + amount / C``); rows still sum to 1 and keep their top class."""
+    if not 0.0 <= amount < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1), got {amount}")
+    if amount == 0:
+        return targets
+    return ((1.0 - amount) * targets + amount / targets.shape[1]).astype(targets.dtype)

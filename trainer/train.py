@@ -44,7 +44,7 @@ from trainer.config import ConfigError, RegularizeSettings, TrainConfig, load_co
 from trainer.data import Clip, Manifest, ManifestError, Problem, load_manifest, select, speaker_split
 from trainer.ensemble import merge_heads
 from trainer.evaluate import predict_cached, predict_clips, report, write_report
-from trainer.labels import LabelError, LabelMap
+from trainer.labels import LabelError, LabelMap, uniform_smoothing
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
@@ -292,7 +292,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     else:
         lengths = cache.views[0].length[train_idx].astype(np.float64)
         view_ok = np.stack([v.status[train_idx] == 0 for v in cache.views])  # (views, N)
-    targets_t = torch.from_numpy(targets).to(device)
+    targets_t = torch.from_numpy(uniform_smoothing(targets, config.label_smoothing)).to(device)
     weights_t = torch.from_numpy(weights).to(device)
     domains_t = torch.from_numpy(domains).to(device)
     classes_t = targets_t.argmax(dim=1)  # the top class of each (soft) target: the contrast's and style mix's
