@@ -90,7 +90,7 @@ class RegularizeSettings(BaseModel):
                                "take part of another corpus's clip's per-channel mean and standard deviation over "
                                "time each step (MixStyle, cross-domain; trainer/regularize.py; 0: off), so the "
                                "head cannot lean on a corpus's or speaker's feature statistics. Measured at "
-                               "0.5: -0.037 LOCO UA on three folds of two seeds (docs/ablations.md, stop 29).")
+                               "0.5: -0.038 LOCO UA on three folds of two seeds (docs/ablations.md, stop 29).")
     style_mix_alpha: float = Field(0.1, gt=0, description="Beta(alpha, alpha) draws the clip's own share of the "
                                    "mixed statistics (0.1, MixStyle's: mostly near 0 or 1).")
     style_mix_same_class: bool = Field(False, description="Mix only with clips of the same class (and another "
