@@ -230,7 +230,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     dev_idx = np.asarray(dev_idx, dtype=np.int64)
     train_clips = [clips[i] for i in train_idx]
     dev_clips = [clips[i] for i in dev_idx]
-    targets = data.labels.targets([c.label_key for c in train_clips])
+    targets = uniform_smoothing(data.labels.targets([c.label_key for c in train_clips]), config.label_smoothing)
     dev_targets = data.labels.targets([c.label_key for c in dev_clips])
     weights = loss_weights(targets, [c.corpus for c in train_clips], config)
     domain_names = sorted({(c.corpus if config.domain.target == "corpus" else c.speaker) for c in train_clips})
@@ -292,11 +292,11 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     else:
         lengths = cache.views[0].length[train_idx].astype(np.float64)
         view_ok = np.stack([v.status[train_idx] == 0 for v in cache.views])  # (views, N)
-    targets_t = torch.from_numpy(uniform_smoothing(targets, config.label_smoothing)).to(device)
+    targets_t = torch.from_numpy(targets).to(device)
     weights_t = torch.from_numpy(weights).to(device)
     domains_t = torch.from_numpy(domains).to(device)
-    classes_t = targets_t.argmax(dim=1)  # the top class of each (soft) target: the contrast's and style mix's
-    classes = targets.argmax(axis=1)
+    top_class = targets.argmax(axis=1)  # the top class of each (soft) target: the contrast's and style mix's
+    top_class_t = torch.from_numpy(top_class).to(device)
     corpora = np.unique([c.corpus for c in train_clips], return_inverse=True)[1]
     corpora_t = torch.from_numpy(corpora).to(device)
 
@@ -346,7 +346,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             valid = random_crop(valid, reg_rng, reg.crop_p, crop_frames)
             mixed = mixup(x, valid, reg_rng, reg.mixup_p, reg.mixup_alpha)
             batch_rows = positions.cpu().numpy()
-            style = style_partners(corpora[batch_rows], classes[batch_rows], style_rng, reg.style_mix_p,
+            style = style_partners(corpora[batch_rows], top_class[batch_rows], style_rng, reg.style_mix_p,
                                    reg.style_mix_alpha, reg.style_mix_same_class)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 clip_logits, domain_logits, pooled, frame_logits = wrapped(mixed.x, mixed.valid, from_mel, offset,
@@ -375,7 +375,7 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
                 sums["domain_correct"] += float((domain_logits.argmax(-1) == domains_t[positions]).sum())
             if reg.contrast_weight > 0:
                 unmixed = mixed.share == 1
-                contrast, anchors = cross_corpus_contrast(pooled[unmixed], classes_t[own][unmixed],
+                contrast, anchors = cross_corpus_contrast(pooled[unmixed], top_class_t[own][unmixed],
                                                           corpora_t[own][unmixed], reg.contrast_temperature)
                 total = total + reg.contrast_weight * contrast
                 sums["contrast_loss"] += float(contrast.detach()) * anchors
