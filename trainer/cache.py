@@ -105,6 +105,12 @@ def valid_mask(frames: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=frames.device)[None, :] < frames[:, None]
 
 
+def masked_frame_mean(values: torch.Tensor, valid: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Mean of ``values`` (B, F, ...) over each row's valid frames (``valid`` (B, F) bool); 0 for a row with none."""
+    mask = valid.to(values.dtype).view(*valid.shape, *([1] * (values.dim() - 2)))
+    return (values * mask).sum(dim=1, keepdim=keepdim) / mask.sum(dim=1, keepdim=keepdim).clamp(min=1.0)
+
+
 @torch.no_grad()
 def encode(encoder: WhisperEncoder, mels: Sequence[np.ndarray], layers: Sequence[int]) -> dict[int, list[np.ndarray]]:
     """Outputs after each of ``layers`` blocks for a batch of log-mels: {n: [(frames_i, 512) float16]}."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edge_ser.model import EmotionModel
+from trainer.cache import masked_frame_mean
 from trainer.regularize import StyleMix, mix_statistics
 
 
@@ -93,8 +94,7 @@ class TrainModule(nn.Module):
             feats = mix_statistics(feats, valid, style)
         frame_logits, weights, hidden = self.model.head.frame_outputs(feats, valid)
         clip_logits = torch.einsum("bf,bfc->bc", weights, frame_logits)
-        mask = valid.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        pooled = masked_frame_mean(hidden, valid)
         if self.domain is None:
             return TrainOutputs(clip_logits, None, pooled, frame_logits)
         return TrainOutputs(clip_logits, self.domain(gradient_reversal(pooled, self.reversal_weight)), pooled,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from trainer.cache import masked_frame_mean
+
 
 @dataclass(frozen=True)
 class MixedBatch:
@@ -133,10 +135,8 @@ def mix_statistics(feats: torch.Tensor, valid: torch.Tensor, style: StyleMix, ep
     standard deviation over its valid frames, then rescaled with ``l * own + (1 - l) * partner``'s (the
     partner's statistics over *its* valid frames). The statistics are taken out of the gradient, as in
     MixStyle; rows not drawn are returned unchanged."""
-    mask = valid.unsqueeze(-1).to(feats.dtype)
-    count = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
-    mean = ((feats * mask).sum(dim=1, keepdim=True) / count).detach()
-    std = ((((feats - mean) ** 2) * mask).sum(dim=1, keepdim=True) / count + eps).sqrt().detach()
+    mean = masked_frame_mean(feats, valid, keepdim=True).detach()
+    std = (masked_frame_mean((feats - mean) ** 2, valid, keepdim=True) + eps).sqrt().detach()
     partner = style.partner.to(feats.device)
     share = style.share.to(device=feats.device, dtype=feats.dtype).view(-1, 1, 1)
     mixed_mean = share * mean + (1 - share) * mean[partner]
@@ -169,4 +169,3 @@ def cross_corpus_contrast(pooled: torch.Tensor, labels: torch.Tensor, corpora: t
         return similarity.sum() * 0.0, 0
     per_row = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / n_positive.clamp(min=1)
     return per_row[anchors].mean(), int(anchors.sum())
-

@@ -39,7 +39,7 @@ from edge_ser.whisper_base import resolve_base
 from edge_ser.windows import WINDOW_QUANTUM
 from trainer.augment import Augmenter
 from trainer.batches import AudioDataset, cached_batch, collate_mels, epoch_batches
-from trainer.cache import CacheSet, babble_pool, ensure_cache, valid_mask
+from trainer.cache import CacheSet, babble_pool, ensure_cache, masked_frame_mean, valid_mask
 from trainer.config import ConfigError, RegularizeSettings, TrainConfig, load_config
 from trainer.data import Clip, Manifest, ManifestError, Problem, load_manifest, select, speaker_split
 from trainer.ensemble import merge_heads
@@ -198,9 +198,7 @@ def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def frame_cross_entropy(frame_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B,) each clip's cross-entropy of its valid frames' logits (B, F, C) against its (soft) target (B, C),
     averaged over those frames; a clip with no valid frame gives 0 (``regularize.frame_loss_weight``)."""
-    per_frame = _soft_ce(frame_logits, targets[:, None, :])
-    mask = valid.to(per_frame.dtype)
-    return (per_frame * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return masked_frame_mean(_soft_ce(frame_logits, targets[:, None, :]), valid)
 
 
 def _dev_metrics(logits: np.ndarray, targets: np.ndarray, clips: Sequence[Clip], classes: Sequence[str]
@@ -339,15 +337,15 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
                 if len(positions) == 0:
                     continue
                 from_mel = True
-            offset = _batch_offset(positions.numpy(), train_offsets, own_speaker, speaker_pool, shift_rng, reg, device)
+            rows = positions.numpy()  # the batch's rows of the training arrays, on the host
+            offset = _batch_offset(rows, train_offsets, own_speaker, speaker_pool, shift_rng, reg, device)
+            style = style_partners(corpora[rows], top_class[rows], style_rng, reg.style_mix_p, reg.style_mix_alpha,
+                                   reg.style_mix_same_class)
             positions = positions.to(device)
             x, frames = x.to(device, non_blocking=True), frames.to(device)
             valid = valid_mask(frames, x.shape[-1] // 2 if from_mel else x.shape[1])
             valid = random_crop(valid, reg_rng, reg.crop_p, crop_frames)
             mixed = mixup(x, valid, reg_rng, reg.mixup_p, reg.mixup_alpha)
-            batch_rows = positions.cpu().numpy()
-            style = style_partners(corpora[batch_rows], top_class[batch_rows], style_rng, reg.style_mix_p,
-                                   reg.style_mix_alpha, reg.style_mix_same_class)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 clip_logits, domain_logits, pooled, frame_logits = wrapped(mixed.x, mixed.valid, from_mel, offset,
                                                                            style)
