@@ -74,7 +74,10 @@ class DynamicBatcher:
     def _infer(self, windows: list[Window]) -> list[FrameScores]:
         mels = [log_mel(w.samples, self.params) for w in windows]
         offsets = [w.offset for w in windows]
-        return self.engine.infer(mels, offsets if any(o is not None for o in offsets) else None)
+        scores = self.engine.infer(mels, offsets if any(o is not None for o in offsets) else None)
+        if self.engine.prosody is not None:
+            scores = self.engine.prosody.apply(scores, [w.samples for w in windows])
+        return scores
 
     @property
     def in_flight(self) -> int:

@@ -40,6 +40,10 @@ class ModelConfig(BaseModel):
         "the model shipped in the repository (models/default).")
     base_dir: Path | None = Field(
         None, description="A CTranslate2 Whisper folder to use instead of the packaged whisper-base weights.")
+    prosody: bool = Field(
+        True, description="Add the model's prosody term (openSMILE functionals of each window, edge_ser.prosody) "
+        "when it has one. false skips it: less CPU per window (benchmarks/prosody_cost.py), at the accuracy of the "
+        "model without it (docs/ablations.md, stop 30).")
 
     def resolved_path(self) -> Path:
         if self.path is not None:

@@ -38,6 +38,7 @@ from edge_ser.checkpoint import (
     mix_layers_problem,
 )
 from edge_ser.ct2_format import LAYER_MAP, read_model
+from edge_ser.prosody import without_prosody
 from edge_ser.whisper_base import resolve_base
 
 D_MODEL = 512
@@ -264,6 +265,7 @@ def model_from_checkpoint(
                        head_width(meta.mix_layers, meta.layer_join, D_MODEL))
     model = EmotionModel(encoder, norm, head, meta.mix_layers, meta.layer_join)
     state = model.state_dict()
+    tensors = without_prosody(tensors)  # scored outside the model, from the samples (edge_ser.prosody)
     unknown = sorted(set(tensors) - set(state))
     if unknown:
         raise CheckpointError(f"checkpoint {meta.model_id}: tensors {unknown} do not belong to this model")

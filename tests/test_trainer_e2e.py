@@ -546,3 +546,59 @@ def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_b
     torch_probs = np.stack([s.clip_probs() for s in scores])
     assert np.abs(np.stack([s.clip_probs() for s in ct2.infer(windows)]) - torch_probs).max() < 1e-3
     _adapts_like_its_cache(workspace, "side-by-side", overrides)
+
+
+def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(workspace: dict[str, Path]) -> None:
+    """``prosody.enabled`` fits the classifier into the model; the cached LOCO path, ``edge-ser-eval``'s decoded
+    path and the runtime engine give the same fused logits; a merge keeps it; ``trainer.prosody`` and
+    ``trainer.loco --rescore`` add it to models trained without it."""
+    from edge_ser.backends import TorchEngineConfig, make_engine
+    from edge_ser.prosody import load_prosody
+    from trainer.cache import prepare_mel
+    from trainer.data import crop, read_clip
+    from trainer.ensemble import main as ensemble_main
+    from trainer.loco import main as loco_main
+    from trainer.prosody import main as prosody_main
+
+    overrides, model, meta = _train_tiny_with(workspace, "prosody", "prosody.enabled=true")
+    model_dir = workspace["root"] / "prosody" / "model"
+    assert meta.prosody == {"feature_set": "eGeMAPSv02", "weight": 0.3}
+    assert load_checkpoint(model_dir)[1]["prosody.weight"].shape == (1, 8, 88)
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", overrides)
+    data = prepare(config, workspace["manifest"])
+    assert list(workspace["cache"].glob("*/prosody-*.npz"))  # the functionals are cached beside the frames
+    rows = data.usable
+    bias = data.prosody_bias(config, model_dir, rows)
+    assert np.abs(bias).max() > 0.05
+    cached = predict_cached(model, data.cache.views[0], rows, 3) + bias
+    clips = [data.manifest.clips[i] for i in rows]
+    decoded, problems = predict_clips(model, clips, prosody=load_prosody(model_dir))
+    assert not problems
+    assert np.allclose(decoded, cached, atol=0.05)
+    engine = make_engine(TorchEngineConfig(), model_dir)
+    assert engine.prosody is not None
+    audio = [read_clip(c) for c in clips[:4]]
+    mels = [prepare_mel(a, None, None, 30 * 16000) for a in audio]
+    fused = engine.prosody.apply(engine.infer(mels), [crop(a, 30 * 16000) for a in audio])
+    assert np.allclose(np.stack([s.clip_logits() for s in fused]), decoded[:4], atol=0.05)
+    # a merge keeps every member's classifier; a member without one is refused by name
+    merged = workspace["root"] / "prosody-merged"
+    assert ensemble_main([str(model_dir), str(model_dir), "--out", str(merged)]) == 0
+    np.testing.assert_allclose(data.prosody_bias(config, merged, rows), bias, atol=1e-5)
+    assert ensemble_main([str(model_dir), str(workspace["run"] / "model"), "--out", str(merged) + "-bad"]) == 2
+    # the command adds one to a model trained without it
+    plain = workspace["root"] / "prosody-added"
+    shutil.copytree(workspace["run"] / "model", plain)
+    assert prosody_main(["--model", str(plain), "--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest",
+                         str(workspace["manifest"]), *[x for o in overrides for x in ("--set", o)]]) == 0
+    assert load_checkpoint(plain)[0].prosody == meta.prosody
+    # a LOCO run trained without it gets one per fold when rescored with it
+    out = workspace["root"] / "loco-prosody"
+    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+            "--out", str(out), "--folds", "casia", *TINY, *[x for o in overrides[:2] for x in ("--set", o)]]
+    assert loco_main(args) == 0
+    assert load_checkpoint(out / "fold-casia" / "model")[0].prosody is None
+    assert loco_main([*args, "--rescore", "--set", "prosody.enabled=true"]) == 0
+    fold_meta, _ = load_checkpoint(out / "fold-casia" / "model")
+    assert fold_meta.prosody == meta.prosody and "casia" not in fold_meta.training["corpora"]
+    assert json.loads((out / "summary.rescored.json").read_text())["folds"][0]["4class"]["n"] > 0

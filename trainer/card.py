@@ -56,8 +56,19 @@ def _blocks_phrase(meta: ModelMeta) -> str:
     return f" of a learned mix of blocks {meta.mix_layers}"
 
 
+def _prosody_bullet(prosody: dict[str, Any], members: int) -> str:
+    """The model's prosody classifier (edge_ser/prosody.py) of ``members`` members, in one sentence."""
+    fitted = ("a multinomial logistic regression" if members == 1 else
+              f"{members} multinomial logistic regressions (their log-probabilities averaged)")
+    return (f"* Prosody: {fitted} on openSMILE's {prosody['feature_set']} functionals of each window (88 "
+            "statistics of pitch, loudness, voice quality and spectrum), fitted on the training clips with the "
+            f"loss's class and corpus weights; its log-probabilities x {prosody['weight']:g} are added to every "
+            "clip and per-second logit (`edge_ser.prosody`). openSMILE is under audEERING's research licence "
+            "(non-commercial use): `pip install 'edge-ser[prosody]'`.")
+
+
 def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sources: Path) -> str:
-    meta, _ = load_checkpoint(model_dir)
+    meta, tensors = load_checkpoint(model_dir)
     training = meta.training
     config = training.get("config", {})
     corpora: dict[str, int] = training.get("corpora", {})
@@ -106,6 +117,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
                 "The head was trained on speaker-centred features (`normalize: speaker`): it needs the adaptation."
                 if meta.speaker_norm["trained"] else "The head was trained without it (added by "
                 "`python -m trainer.speaker_norm`); `centring.enabled: false` scores it as trained.")]),
+        *([] if meta.prosody is None else [_prosody_bullet(meta.prosody, tensors["prosody.weight"].shape[0])]),
         f"* Weights: `model.safetensors`, sha256 `{meta.weights_sha256}`.",
         "",
         "## Training data",

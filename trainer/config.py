@@ -55,6 +55,20 @@ class BalanceSettings(BaseModel):
                                    "inference (post-hoc logit adjustment; use with class_power 0).")
 
 
+class ProsodySettings(BaseModel):
+    """The prosody classifier fused with the encoder head (edge_ser/prosody.py, trainer/prosody.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="After training, fit a logistic regression on the training clips' "
+                          "eGeMAPSv02 functionals (openSMILE; same class and corpus loss weights) and store it "
+                          "in the model: its log-probabilities times weight are added to every clip and "
+                          "per-second logit. The functionals are cached beside the frame cache.")
+    weight: float = Field(0.3, ge=0, le=10, description="Fusion weight of the prosody log-probabilities. 0.3 was "
+                          "chosen on the recipe's seeds 0 and 1 (LOCO, 0.2-0.5 all gain) and checked on seeds 2 "
+                          "and 3 (docs/ablations.md, stop 30).")
+    c: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression (scikit-learn's C).")
+
+
 class RegularizeSettings(BaseModel):
     """Batch-level regularizers on the frozen layers' output (trainer/regularize.py); all off by default."""
 
@@ -150,6 +164,8 @@ class TrainConfig(BaseModel):
     cache_batch_frames: int = Field(4096, ge=64, description="Encoder frames per batch while caching.")
     domain: DomainSettings = Field(default_factory=DomainSettings, description="Domain-adversarial head.")
     balance: BalanceSettings = Field(default_factory=BalanceSettings, description="Loss balancing.")
+    prosody: ProsodySettings = Field(default_factory=ProsodySettings, description="A prosody classifier fused "
+                                     "with the head.")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each corpus's speakers held out for dev.")
     dev_min_speakers: int = Field(4, ge=2, description="Corpora with fewer speakers get no dev speakers.")
     epochs: int = Field(30, ge=1, description="Most epochs (also the length of the cosine schedule).")

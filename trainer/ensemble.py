@@ -18,7 +18,9 @@ logits up to float rounding (``tests/test_ensemble.py``).
 Members may read different encoder blocks (a head on block 2, ``encoder_layers: 2``, and one on block 3): the
 merged model then runs the encoder to the deepest of them and reads every block any member reads side by
 side (``mix_layers`` = their union, ``layer_join: concat``), each member's ``fc1`` taking zeros for the blocks
-it does not read. Members must agree on labels, base, features and class prior, have a ``frame`` head, no
+it does not read. Members with prosody classifiers (edge_ser/prosody.py) keep them side by side: the merged
+model's prosody term averages their log-probabilities. Members must agree on labels, base, features, class
+prior and prosody fusion weight (all or none with a prosody classifier), have a ``frame`` head, no
 fine-tuned encoder layers and no learned layer mix; anything else is refused with the member and the
 difference named.
 """
@@ -42,11 +44,12 @@ from edge_ser.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from edge_ser.prosody import ProsodyHead
 
 log = logging.getLogger(__name__)
 
 Member = tuple[ModelMeta, dict[str, np.ndarray]]
-_SHARED_FIELDS = ("labels", "features", "base", "class_log_prior", "speaker_norm")
+_SHARED_FIELDS = ("labels", "features", "base", "class_log_prior", "speaker_norm", "prosody")
 
 
 def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
@@ -117,15 +120,26 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
                     "dev_ua": _dev_ua(m), "blocks": list(blocks_read(m)), "source": name}
                    for (m, _), name in zip(members, names, strict=True)]
     dev = [_dev_ua(m) for m, _ in members]
+    prosody = _merged_prosody(members)
+    if prosody is not None:
+        tensors |= prosody.tensors()
     meta = ModelMeta(
         model_id=model_id, labels=list(first.labels), encoder_layers=union[-1],
         mix_layers=union if len(union) > 1 else [], layer_join="concat" if len(union) > 1 else "mix",
         head={**first.head, "hidden": int(tensors["head.fc1.weight"].shape[0])}, features=dict(first.features),
         base=dict(first.base), class_log_prior=first.class_log_prior, window=dict(first.window),
         speaker_norm=first.speaker_norm, training={**first.training, "ensemble": member_info},
-        metrics={"dev_4class_members": dev},
+        metrics={"dev_4class_members": dev}, prosody=None if prosody is None else prosody.meta(),
     )
     return meta, tensors
+
+
+def _merged_prosody(members: Sequence[Member]) -> ProsodyHead | None:
+    """The members' prosody classifiers side by side (their log-probabilities averaged); None when they have
+    none (``_check_members`` has made sure that all or none have one, with one fusion weight)."""
+    if members[0][0].prosody is None:
+        return None
+    return ProsodyHead.merge([ProsodyHead.from_tensors(meta.prosody, t) for meta, t in members])
 
 
 def average_weights(members: Sequence[Member], model_id: str, names: Sequence[str] | None = None) -> Member:
@@ -153,7 +167,7 @@ def average_weights(members: Sequence[Member], model_id: str, names: Sequence[st
         head=dict(first_meta.head), features=dict(first_meta.features), base=dict(first_meta.base),
         class_log_prior=first_meta.class_log_prior, window=dict(first_meta.window),
         speaker_norm=first_meta.speaker_norm, training={**first_meta.training, "weight_average": member_info},
-        metrics={"dev_4class_members": [_dev_ua(m) for m, _ in members]},
+        metrics={"dev_4class_members": [_dev_ua(m) for m, _ in members]}, prosody=first_meta.prosody,
     )
     return meta, averaged
 

@@ -10,8 +10,10 @@ The model runs on the CPU (or ``--device cuda``) with the PyTorch ``EmotionModel
 checkpoint folder, or with ``--engine ctranslate2 --compute-type int8|float32|...`` (options shared with
 ``--streams``; clip scoring defaults to torch) through the runtime's CTranslate2 backend (one window per clip,
 the agent's exact computation) to measure what a compute type costs. Nothing about corpus names or
-languages is assumed: corpora come from the manifest.
-``predict_cached`` gives the same clip logits from the trainer's frozen-layer cache (LOCO, dev checks).
+languages is assumed: corpora come from the manifest. A model with a prosody classifier
+(edge_ser/prosody.py) gets its term from each clip's scored samples, as the agent's batcher adds it per window.
+``predict_cached`` gives the same clip logits from the trainer's frozen-layer cache (LOCO, dev checks); the
+prosody term is added there from cached functionals (``RunData.prosody_bias``).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from edge_ser.backends.base import Engine
 from edge_ser.checkpoint import ModelMeta
 from edge_ser.features import DEFAULT_PARAMS, FeatureParams
 from edge_ser.model import EmotionModel, load_emotion_model
+from edge_ser.prosody import ProsodyScorer, load_prosody
 from edge_ser.types import SAMPLE_RATE
 from trainer import stream_eval
 from trainer.cache import CachedView, pad_mels, prepare_mel, valid_mask
-from trainer.data import Clip, ManifestError, Problem, load_manifest, read_clip
+from trainer.data import Clip, ManifestError, Problem, crop, load_manifest, read_clip
 from trainer.metrics import PROTOCOLS, mean_over_corpora, score
 from trainer.plots import plot_confusion, safe_name
 from trainer.speaker_norm import stream_offsets
@@ -121,9 +124,11 @@ def predict_engine(engine: Engine, mels: Sequence[np.ndarray], offsets: Sequence
 def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_s: float = 30.0, chunk: int = 256,
                   batch_frames: int = 8192, device: str | torch.device = "cpu",
                   params: FeatureParams = DEFAULT_PARAMS, offsets: np.ndarray | None = None,
-                  measured: dict[int, tuple[np.ndarray, int]] | None = None) -> tuple[np.ndarray, list[Problem]]:
+                  measured: dict[int, tuple[np.ndarray, int]] | None = None, prosody: ProsodyScorer | None = None
+                  ) -> tuple[np.ndarray, list[Problem]]:
     """Clip logits for decodable clips (rows of bad clips are NaN) and the problems met while decoding;
-    ``params`` are the model's feature parameters (``FeatureParams(**meta.features)``);
+    ``params`` are the model's feature parameters (``FeatureParams(**meta.features)``); ``prosody``: the
+    model's prosody term (``edge_ser.prosody.load_prosody``), added from each clip's scored samples;
     ``model`` is the PyTorch model (padded, masked batches) or a runtime ``Engine``. With an ``Engine``:
     ``offsets`` (N, D) centre each clip (stream adaptation) and ``measured`` gets {clip: (feature mean,
     encoder frames)}."""
@@ -135,9 +140,12 @@ def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_
         for first in range(0, len(clips), chunk):
             ok: list[int] = []
             mels: list[np.ndarray] = []
+            samples: list[np.ndarray] = []
             for i in range(first, min(first + chunk, len(clips))):
                 try:
-                    mels.append(prepare_mel(read_clip(clips[i]), None, None, max_samples, params))
+                    audio = read_clip(clips[i])
+                    mels.append(prepare_mel(audio, None, None, max_samples, params))
+                    samples.append(crop(audio, max_samples))
                     ok.append(i)
                 except (AudioError, ValueError) as exc:
                     problems.append(Problem(clips[i].line, f"{clips[i].path}: {exc}"))
@@ -150,6 +158,8 @@ def predict_clips(model: EmotionModel | Engine, clips: Sequence[Clip], max_clip_
                             measured[i] = (mean, mel.shape[1] // 2)
             elif mels:
                 logits[ok] = predict_mels(model, mels, batch_frames, device)
+            if mels and prosody is not None:
+                logits[ok] += prosody.bias(samples)
             bar.update(min(chunk, len(clips) - first))
     return logits, problems
 
@@ -204,11 +214,13 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path, protocol: str = "
     else:
         raise ValueError(f"engine {engine!r}: expected 'torch' or 'ctranslate2'")
     params = FeatureParams(**meta.features)
+    prosody = load_prosody(model_dir)
     if adapt is not None and isinstance(scorer, Engine):
+        scorer.prosody = prosody
         logits, problems = adapted_logits(scorer, manifest.clips, adapt, max_clip_s, params)
     else:
         logits, problems = predict_clips(scorer, manifest.clips, max_clip_s=max_clip_s, device=device,
-                                         params=params)
+                                         params=params, prosody=prosody)
     if problems and not skip_bad:
         raise ManifestError(Path(manifest_path), problems, hint=" (undecodable audio; pass --skip-bad)")
     if problems:
@@ -248,7 +260,8 @@ def adapted_logits(engine: Engine, clips: Sequence[Clip], adapt: Adaptation, max
         frames = np.array([measured[i][1] for i in rows])
         offsets[rows], _ = stream_offsets(clips, rows, means, frames, reference, adapt.prior_s, adapt.seed,
                                           adapt.order)
-    logits, _ = predict_clips(engine, clips, max_clip_s=max_clip_s, params=params, offsets=offsets)
+    logits, _ = predict_clips(engine, clips, max_clip_s=max_clip_s, params=params, offsets=offsets,
+                              prosody=engine.prosody)
     return logits, problems
 
 

@@ -11,6 +11,10 @@ ablation that keeps the same encoder layers and views). Each fold writes a run f
 ``--refit-from RUN`` trains each fold again on every speaker of its training corpora (no dev speakers) and
 stops at the epoch that RUN's fold chose by dev UA, on the same learning-rate schedule: the dev run picks
 how long to train, the refit uses the speakers the dev split held back.
+
+With ``prosody.enabled`` each fold model carries a prosody classifier fitted on the fold's training clips
+(trainer/prosody.py), and the held-out logits include its term (``test_logits.npy`` too); ``--rescore``
+with it adds one to fold models trained without it (a merged run: to its members first, then merge again).
 """
 
 from __future__ import annotations
@@ -43,10 +47,10 @@ SUMMARY_PROTOCOLS = ("4class", "5class")
 HISTORY_BINS = ((0.0, 1e-9), (1e-9, 15.0), (15.0, 60.0), (60.0, np.inf))  # seconds of the speaker heard before
 
 
-def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, refit_epoch: int | None = None
-             ) -> dict[str, Any]:
-    """Train without ``corpus``, evaluate the best checkpoint on it; return the fold's summary row.
-    ``refit_epoch``: train on every speaker (no dev split) and keep the model of that epoch."""
+def fold_split(config: TrainConfig, data: RunData, corpus: str, refit_epoch: int | None = None
+               ) -> tuple[TrainConfig, list[int], list[int]]:
+    """The fold's recipe (``corpus`` left out; a refit: no dev split, stopped at ``refit_epoch``) and its
+    training and dev clips."""
     update: dict[str, Any] = {"exclude_corpora": [*config.exclude_corpora, corpus]}
     if refit_epoch is not None:
         update.update(dev_fraction=0.0, last_epoch=refit_epoch)
@@ -54,6 +58,27 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, refit_e
     indices = training_indices(fold_config, data)
     train_idx, dev_idx = speaker_split(data.manifest.clips, indices, fold_config.dev_fraction,
                                        fold_config.dev_min_speakers, fold_config.seed)
+    return fold_config, train_idx, dev_idx
+
+
+def trained_split(fold: Path, data: RunData) -> list[int]:
+    """The training clips a fold's model was trained on, from the recipe it saved (``config.yaml``: its
+    seed, corpus filters and dev split), whatever recipe the caller runs now."""
+    settings = fold / "config.yaml"
+    if not settings.is_file():
+        raise FileNotFoundError(f"{settings} does not exist (a LOCO fold's training run is needed)")
+    trained = load_config(settings)
+    indices = training_indices(trained, data)
+    train_idx, _ = speaker_split(data.manifest.clips, indices, trained.dev_fraction, trained.dev_min_speakers,
+                                 trained.seed)
+    return train_idx
+
+
+def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, refit_epoch: int | None = None
+             ) -> dict[str, Any]:
+    """Train without ``corpus``, evaluate the best checkpoint on it; return the fold's summary row.
+    ``refit_epoch``: train on every speaker (no dev split) and keep the model of that epoch."""
+    fold_config, train_idx, dev_idx = fold_split(config, data, corpus, refit_epoch)
     log.info("fold %s: train %d clips, dev %d clips", corpus, len(train_idx), len(dev_idx))
     result = fit(fold_config, data, train_idx, dev_idx, out)
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
@@ -64,6 +89,7 @@ def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, refit_e
     else:
         logits, _ = predict_clips(model, [data.manifest.clips[i] for i in test_idx], config.max_clip_s,
                                   params=config.feature_params)
+    logits = logits + data.prosody_bias(config, result.model_dir, test_idx)
     np.save(out / "test_logits.npy", logits, allow_pickle=False)
     clips = [data.manifest.clips[i] for i in test_idx]
     row: dict[str, Any] = {"corpus": corpus, "train_clips": len(train_idx), "dev_clips": len(dev_idx),
@@ -174,9 +200,16 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
     if data.cache is None:
         raise ValueError("--rescore needs the cache (cache: true)")
+    if config.prosody.enabled and meta.prosody is None:
+        if not (out / "metrics.json").is_file():
+            raise ValueError(f"{out / 'model'}: a merged model without a prosody classifier; add one to its "
+                             "members (--rescore with prosody.enabled) and merge them again")
+        data.add_prosody(config, out / "model", trained_split(out, data))
+        log.info("fold %s: prosody classifier added to %s", corpus, out / "model")
     offsets, history = test_offsets(data, meta, test_idx, corpus, centring)
+    prosody_term = data.prosody_bias(config, out / "model", test_idx)
     logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean,
-                            offsets=offsets)
+                            offsets=offsets) + prosody_term
     clips = [data.manifest.clips[i] for i in test_idx]
     if (out / "metrics.json").is_file():  # a training run; a merged ensemble (trainer.ensemble) has none
         best = json.loads((out / "metrics.json").read_text())["best"]
@@ -193,7 +226,8 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
             entry = rep["corpora"][corpus]
             row[protocol] = {k: entry[k] for k in ("n", "ua", "macro_f1", "wa", "ece")}
     if history is not None:
-        plain = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean)
+        plain = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers,
+                               frame_mean=frame_mean) + prosody_term
         row["adaptation"] = adaptation(logits, plain, clips, meta.labels, history)
     return row
 

@@ -63,6 +63,7 @@ from edge_ser.utterances import Utterance, UtteranceTracker
 from edge_ser.vad import Segmenter, VadConfig
 from edge_ser.windows import WindowConfig, Windower
 from trainer.cache import prepare_mel
+from trainer.data import crop
 from trainer.metrics import confusion_matrix, protocol_probs, truth_index, unweighted_accuracy
 from trainer.streams import StreamBuildConfig, build_streams
 from trainer.tracking import FOUR_CLASSES, ReportedShift, StreamTruth, TrackingResult, aggregate, score_stream
@@ -173,8 +174,10 @@ class LazyEngine:
         self.windows = 0
         self._engine: Any = None
 
-    def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None
-              ) -> list[FrameScores]:
+    def infer(self, mels: Sequence[np.ndarray], samples: Sequence[np.ndarray],
+              offsets: Sequence[np.ndarray | None] | None = None) -> list[FrameScores]:
+        """The engine's scores of ``mels``, with the model's prosody term from their ``samples`` (as the agent's
+        batcher adds it)."""
         if self._engine is None:
             self._engine = make_engine(self.config, self.model_dir, self.base_dir)
         out: list[FrameScores] = []
@@ -183,7 +186,7 @@ class LazyEngine:
             self.calls += 1
             self.windows += len(batch)
             out += self._engine.infer(batch, None if offsets is None else offsets[first:first + ENGINE_BATCH])
-        return out
+        return out if self._engine.prosody is None else self._engine.prosody.apply(out, samples)
 
     def fingerprint(self) -> dict[str, Any]:
         """What the scores depend on (thread counts do not count)."""
@@ -312,9 +315,10 @@ def window_track(stream: ShiftStream, engine: LazyEngine, config: StreamEvalConf
         audio = load_audio(stream.audio_path)
     events, windows, end_t = run_stages(stream.name, audio, config.vad, config.windows, config.block_s)
     mels = [log_mel(w.samples, engine.params) for w in windows]
-    scores = engine.infer(mels) if windows else []
+    samples = [w.samples for w in windows]
+    scores = engine.infer(mels, samples) if windows else []
     if reference is not None and windows:  # the feature means do not depend on the offsets: score again
-        scores = engine.infer(mels, stream_offsets(windows, scores, config.centring, reference))
+        scores = engine.infer(mels, samples, stream_offsets(windows, scores, config.centring, reference))
     probs = np.stack([s.clip_probs() for s in scores]) if scores else np.zeros((0, len(engine.labels)), np.float32)
     track = WindowTrack(
         labels=engine.labels,
@@ -353,9 +357,11 @@ def clip_logits(stream: ShiftStream, engine: LazyEngine, cache: ScoreCache,
         return cached["logits"]
     if audio is None:
         audio = load_audio(stream.audio_path)
-    mels = [prepare_mel(audio[round(iv.start * SAMPLE_RATE):round(iv.end * SAMPLE_RATE)], None, None,
-                        int(MAX_CLIP_S * SAMPLE_RATE), engine.params) for iv in stream.truth.intervals]
-    logits = np.stack([s.clip_logits() for s in engine.infer(mels)]).astype(np.float32)
+    max_samples = int(MAX_CLIP_S * SAMPLE_RATE)
+    clips = [audio[round(iv.start * SAMPLE_RATE):round(iv.end * SAMPLE_RATE)] for iv in stream.truth.intervals]
+    mels = [prepare_mel(clip, None, None, max_samples, engine.params) for clip in clips]
+    samples = [crop(clip, max_samples) for clip in clips]
+    logits = np.stack([s.clip_logits() for s in engine.infer(mels, samples)]).astype(np.float32)
     cache.save(f"{stream.name}.clips", fingerprint, {"logits": logits})
     return logits
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from edge_ser.checkpoint import ModelMeta, head_width, load_checkpoint, save_checkpoint
 from edge_ser.model import D_MODEL, EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
+from edge_ser.prosody import load_prosody
 from edge_ser.types import SAMPLE_RATE
 from edge_ser.whisper_base import resolve_base
 from edge_ser.windows import WINDOW_QUANTUM
@@ -48,6 +49,7 @@ from trainer.labels import LabelError, LabelMap, uniform_smoothing
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
+from trainer.prosody import attach_prosody, clip_functionals, fit_prosody
 from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift, style_partners
 from trainer.speaker_norm import clip_means, speaker_offsets, speaker_table
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
@@ -65,6 +67,32 @@ class RunData:
     cache: CacheSet | None
     usable: list[int]  # clip indices that decode (all of them without a cache: checked lazily)
     clip_means: np.ndarray | None = None  # (clips, width) trainer/speaker_norm.py means, computed on first use
+    functionals: np.ndarray | None = None  # (clips, 88) eGeMAPS functionals (trainer/prosody.py), on first use
+
+    def prosody_functionals(self, config: TrainConfig) -> np.ndarray:
+        """Every usable clip's eGeMAPS functionals (clips, 88), computed once and cached beside the frames."""
+        if self.functionals is None:
+            self.functionals = clip_functionals(self.manifest, self.usable, config.cache_dir, config.max_clip_s,
+                                                max(1, config.threads))
+        return self.functionals
+
+    def prosody_bias(self, config: TrainConfig, model_dir: Path, indices: Sequence[int]) -> np.ndarray | float:
+        """What the model in ``model_dir`` adds to the clip logits of ``indices`` (its prosody term; 0 without)."""
+        scorer = load_prosody(model_dir)
+        if scorer is None:
+            return 0.0
+        return scorer.head.logit_bias(self.prosody_functionals(config)[np.asarray(indices, dtype=np.int64)])
+
+    def add_prosody(self, config: TrainConfig, model_dir: Path, train_idx: Sequence[int],
+                    model_id: str | None = None) -> None:
+        """Fit the prosody classifier on ``train_idx`` (the loss's targets and weights) into ``model_dir``
+        (renamed ``model_id`` if given)."""
+        clips = [self.manifest.clips[i] for i in train_idx]
+        targets = uniform_smoothing(self.labels.targets([c.label_key for c in clips]), config.label_smoothing)
+        weights = loss_weights(targets, [c.corpus for c in clips], config)
+        functionals = self.prosody_functionals(config)[np.asarray(train_idx, dtype=np.int64)]
+        head = fit_prosody(functionals, targets, weights, config.prosody.c, config.prosody.weight)
+        attach_prosody(model_dir, head, self.labels.classes, model_id)
 
     def speaker_means(self) -> np.ndarray:
         """Every usable clip's mean of its standardised view-0 states (trainer/speaker_norm.py), (clips, width):
@@ -444,6 +472,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
         plot_training(history, out)
         if len(snapshots) > 1:
             _merge_snapshots(out, snapshots, config)
+        if config.prosody.enabled:
+            data.add_prosody(config, out / "model", train_idx)
     return FitResult(model_dir=out / "model", best_epoch=int(best["epoch"]), dev=best, history=history)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_ser.backends.base import Engine, FrameScores, softmax
+from edge_ser.prosody import load_prosody
 
 
 class Ct2EngineConfig(BaseModel):
@@ -59,8 +60,16 @@ EngineConfig = Annotated[Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, 
 
 
 def make_engine(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, model_dir: str | Path,
-                base_dir: str | Path | None = None) -> Engine:
-    """Build the configured backend; its module (and native library) is imported only now."""
+                base_dir: str | Path | None = None, prosody: bool = True) -> Engine:
+    """Build the configured backend; its module (and native library) is imported only now. The model's prosody
+    classifier, if it has one (and ``prosody``), is attached as ``engine.prosody``."""
+    engine = _backend(config, model_dir, base_dir)
+    engine.prosody = load_prosody(model_dir) if prosody else None
+    return engine
+
+
+def _backend(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, model_dir: str | Path,
+             base_dir: str | Path | None) -> Engine:
     if isinstance(config, TrtEngineConfig):
         from edge_ser.backends.trt_backend import TrtEngine
 

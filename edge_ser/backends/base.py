@@ -2,7 +2,9 @@
 
 An engine takes a batch of log-mel windows of any (even) length and returns, per window, the per-frame
 class logits (20 ms frames) and the per-frame pooling weights; turning them into clip probabilities or
-per-second scores happens here, outside the engine, identically for every backend. For a model with a
+per-second scores happens here, outside the engine, identically for every backend. A model with a prosody
+classifier (``edge_ser.prosody``) reads the window's samples, which the engine never sees: the caller adds
+its term (``Engine.prosody.apply``) to the scores. For a model with a
 ``speaker_norm`` reference it also takes each window's stream offset and returns each window's mean of
 standardised features (``edge_ser.centring``: stream adaptation).
 """
@@ -17,6 +19,7 @@ import numpy as np
 
 from edge_ser.centring import meta_reference
 from edge_ser.checkpoint import ModelMeta
+from edge_ser.prosody import ProsodyScorer
 
 FRAMES_PER_SECOND = 50
 
@@ -28,9 +31,11 @@ class FrameScores:
     logits: np.ndarray
     weights: np.ndarray
     feature_mean: np.ndarray | None = None  # (D,) edge_ser.centring.standardised_mean, before any offset
+    bias: np.ndarray | None = None  # (classes,) the window's prosody term (edge_ser.prosody), added to every score
 
     def clip_logits(self) -> np.ndarray:
-        return self.weights @ self.logits
+        logits = self.weights @ self.logits
+        return logits if self.bias is None else logits + self.bias
 
     def clip_probs(self) -> np.ndarray:
         return softmax(self.clip_logits())
@@ -38,9 +43,10 @@ class FrameScores:
     def per_second_logits(self) -> np.ndarray:
         """Mean logits over each full or partial second (50 frames), shape (seconds, classes)."""
         count = -(-len(self.logits) // FRAMES_PER_SECOND)
-        return np.stack(
+        seconds = np.stack(
             [self.logits[i * FRAMES_PER_SECOND : (i + 1) * FRAMES_PER_SECOND].mean(axis=0) for i in range(count)]
         )
+        return seconds if self.bias is None else seconds + self.bias
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -61,6 +67,7 @@ class Engine(ABC):
     model_id: str
     concurrency: int = 1
     supports_offsets: bool = True  # takes stream offsets (stream adaptation, edge_ser.centring)
+    prosody: ProsodyScorer | None = None  # the model's prosody term, added by the caller that has the samples
 
     @abstractmethod
     def infer(self, mels: Sequence[np.ndarray], offsets: Sequence[np.ndarray | None] | None = None

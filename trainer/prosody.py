@@ -1,0 +1,185 @@
+"""The prosody classifier's training side: every clip's eGeMAPS functionals (cached), the logistic regression
+fitted on a run's training clips, and writing it into a model folder. Scoring and fusion live in
+``edge_ser/prosody.py``.
+
+``fit`` (trainer/train.py) adds it to every model it trains when ``prosody.enabled``; ``trainer.loco --rescore``
+adds it to the fold models of an earlier run. For a model trained elsewhere (the shipped default):
+
+    python -m trainer.prosody --model models/default --config configs/train-cpu.yaml \\
+        --manifest ../shared/data/manifest.csv [--model-id NEW_ID]
+
+fits it on every clip the recipe would train on (its corpus and label filters; no dev split, since the
+fusion weight is fixed by the recipe) and writes it into the model folder (a new weights sha256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge_ser.audio import AudioError, load_audio
+from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_ser.prosody import FEATURE_SET, N_FUNCTIONALS, Functionals, ProsodyHead
+from edge_ser.types import SAMPLE_RATE
+from trainer.data import Manifest, crop
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+ABSENT_MARGIN = 10.0
+"""A class without training clips gets a bias this far under the lowest fitted one (about e^-10 as likely)."""
+_CHUNK = 64
+_SAVE_EVERY = 1000
+"""Clips between saves of the functionals cache, so an interrupted extraction resumes where it stopped."""
+_EXTRACT = Functionals()  # one openSMILE extractor per process and thread, made on first use
+
+
+def cache_path(manifest: Manifest, cache_dir: str | Path, max_clip_s: float) -> Path:
+    """Where a manifest's functionals are cached: beside the frame cache, under the same audio key."""
+    import opensmile
+
+    blob = json.dumps({"format": CACHE_FORMAT, "feature_set": FEATURE_SET, "max_clip_s": max_clip_s,
+                       "opensmile": opensmile.__version__}, sort_keys=True)
+    return Path(cache_dir) / manifest.audio_key() / f"prosody-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.npz"
+
+
+def _clip_functionals(job: tuple[int, Path, int]) -> tuple[int, np.ndarray | None]:
+    """One clip's functionals over its centre ``max_samples`` (the frame cache's clean view), None if it
+    cannot be decoded."""
+    index, path, max_samples = job
+    try:
+        audio = load_audio(path)
+    except (AudioError, ValueError):
+        return index, None
+    return index, _EXTRACT(crop(audio, max_samples))
+
+
+def clip_functionals(manifest: Manifest, indices: Sequence[int], cache_dir: str | Path, max_clip_s: float,
+                     workers: int = 1) -> np.ndarray:
+    """(clips, 88) functionals of the manifest's clips, NaN rows for clips not in ``indices`` or undecodable.
+    Computed once per manifest (``workers`` processes, a progress bar) and cached; an interrupted run keeps
+    what it computed (saved every ``_SAVE_EVERY`` clips and on the way out) and resumes from it."""
+    path = cache_path(manifest, cache_dir, max_clip_s)
+    values = np.full((len(manifest), N_FUNCTIONALS), np.nan, dtype=np.float32)
+    done = np.zeros(len(manifest), dtype=bool)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored:
+            if stored["functionals"].shape == values.shape:
+                values, done = stored["functionals"], stored["done"]
+    todo = [i for i in indices if not done[i]]
+    if todo:
+        max_samples = int(max_clip_s * SAMPLE_RATE)
+        jobs = [(i, manifest.clips[i].path, max_samples) for i in todo]
+        log.info("prosody: eGeMAPS functionals of %d clips (%d workers) into %s", len(jobs), workers, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tqdm(total=len(jobs), desc="prosody", unit="clip", mininterval=10) as bar:
+                if workers > 1:
+                    with get_context("spawn").Pool(workers) as pool:
+                        rows = pool.imap_unordered(_clip_functionals, jobs, chunksize=_CHUNK)
+                        _collect(rows, values, done, path, bar)
+                else:
+                    _collect(map(_clip_functionals, jobs), values, done, path, bar)
+        finally:
+            _save(path, values, done)
+    return values
+
+
+def _collect(rows: Iterable[tuple[int, np.ndarray | None]], values: np.ndarray, done: np.ndarray, path: Path,
+             bar: tqdm) -> None:
+    for count, (index, row) in enumerate(rows, start=1):
+        if row is not None:
+            values[index] = row
+        done[index] = True
+        bar.update()
+        if count % _SAVE_EVERY == 0:
+            _save(path, values, done)
+
+
+def _save(path: Path, values: np.ndarray, done: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, functionals=values, done=done)
+    tmp.replace(path)
+
+
+def fit_prosody(functionals: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: float,
+                fusion_weight: float) -> ProsodyHead:
+    """Standardise the (N, 88) functionals and fit a multinomial logistic regression to each target's top
+    class with the loss weights ``weights``. Classes without training clips get a bias ``ABSENT_MARGIN``
+    under the lowest fitted one."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(functionals) != len(targets) or len(targets) != len(weights):
+        raise ValueError(f"fit_prosody: {len(functionals)} functionals, {len(targets)} targets, "
+                         f"{len(weights)} weights")
+    finite = np.isfinite(functionals).all(axis=1)
+    x, top, w = functionals[finite], targets[finite].argmax(axis=1), weights[finite]
+    present = np.unique(top)
+    if len(present) < 2:
+        raise ValueError(f"fit_prosody: the training clips have {len(present)} class(es); two or more are needed")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    regression = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, top, sample_weight=w)
+    coef, intercept = regression.coef_, regression.intercept_
+    if len(present) == 2:  # scikit-learn's binary form: one row, the second class's logit against the first's
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+    n_classes = targets.shape[1]
+    weight = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+    bias = np.full(n_classes, intercept.min() - ABSENT_MARGIN, dtype=np.float32)
+    weight[regression.classes_], bias[regression.classes_] = coef, intercept
+    log.info("prosody: logistic regression on %d clips, %d classes (%d without NaN functionals dropped)",
+             len(x), len(present), int((~finite).sum()))
+    return ProsodyHead(mean[None].astype(np.float32), scale[None].astype(np.float32), weight[None], bias[None],
+                       fusion_weight=fusion_weight)
+
+
+def attach_prosody(model_dir: str | Path, head: ProsodyHead, classes: Sequence[str], model_id: str | None = None
+                   ) -> None:
+    """Write ``head``, fitted for ``classes``, into the model folder (replacing any earlier one); ``model_id``
+    renames the model (its weights change)."""
+    meta, tensors = load_checkpoint(model_dir)
+    if list(meta.labels) != list(classes):
+        raise CheckpointError(f"{model_dir}: the model's labels {meta.labels} are not the classes the prosody "
+                              f"classifier was fitted for {list(classes)}")
+    meta.prosody = head.meta()
+    meta.model_id = model_id or meta.model_id
+    save_checkpoint(model_dir, meta, {**tensors, **head.tensors()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.config import ConfigError, load_config
+    from trainer.data import ManifestError
+    from trainer.labels import LabelError
+    from trainer.train import prepare, training_indices
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.prosody", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model folder to add the prosody classifier to")
+    parser.add_argument("--config", default=None, help="recipe YAML (its prosody, label and balance settings)")
+    parser.add_argument("--manifest", required=True, help="manifest CSV of the clips to fit on")
+    parser.add_argument("--model-id", default=None, help="a new model id for the model (default: keep its own)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field (dotted path, YAML value); repeatable")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, [*args.overrides, "cache=false"])
+        data = prepare(config, args.manifest)
+        data.add_prosody(config, Path(args.model), training_indices(config, data), args.model_id)
+    except (ConfigError, LabelError, ManifestError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("prosody classifier (fusion weight %.2f) written into %s", config.prosody.weight, args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
