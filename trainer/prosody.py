@@ -136,7 +136,7 @@ def fit_prosody(functionals: np.ndarray, targets: np.ndarray, weights: np.ndarra
     weight = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
     bias = np.full(n_classes, intercept.min() - ABSENT_MARGIN, dtype=np.float32)
     weight[regression.classes_], bias[regression.classes_] = coef, intercept
-    log.info("prosody: logistic regression on %d clips, %d classes (%d without NaN functionals dropped)",
+    log.info("prosody: logistic regression on %d clips, %d classes (%d with NaN functionals left out)",
              len(x), len(present), int((~finite).sum()))
     return ProsodyHead(mean[None].astype(np.float32), scale[None].astype(np.float32), weight[None], bias[None],
                        fusion_weight=fusion_weight)
