@@ -25,7 +25,7 @@ from trainer.loco import trained_split
 from trainer.metrics import score
 from trainer.plots import safe_name
 from trainer.prosody import fit_prosody
-from trainer.train import loss_weights, prepare
+from trainer.train import prepare
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 ALONE = "prosody alone"  # the row of the prosody classifier's own 4-class UA
@@ -56,9 +56,7 @@ def main() -> None:
         for run in args.runs:
             fold = run / f"fold-{safe_name(corpus)}"
             train_idx = trained_split(fold, data)
-            train = [clips[i] for i in train_idx]
-            targets = data.labels.targets([c.label_key for c in train])
-            balance = loss_weights(targets, [c.corpus for c in train], config)
+            targets, balance = data.training_targets(config, train_idx)
             head = fit_prosody(functionals[train_idx], targets, balance, config.prosody.c, 1.0)
             fused_parts.append((np.load(fold / "test_logits.npy"), head.log_probs(functionals[test])))
         parts = {str(r): p for r, p in zip(args.runs, fused_parts, strict=True)}

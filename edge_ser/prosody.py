@@ -142,10 +142,9 @@ def prosody_problem(meta: Any, tensors: dict[str, np.ndarray], n_classes: int) -
 def load_prosody(model_dir: str | Path) -> ProsodyScorer | None:
     """The prosody scorer of the model in ``model_dir`` (its weights checked against ``model.json``), or None
     when the model has none."""
-    from edge_ser.checkpoint import CheckpointError, load_checkpoint
+    from edge_ser.checkpoint import CheckpointError, load_checkpoint, read_meta
 
-    meta, tensors = load_checkpoint(model_dir)
-    if meta.prosody is None:
+    if read_meta(model_dir).prosody is None:  # model.json only: no second read and hash of the weights
         return None
     try:
         import opensmile  # noqa: F401
@@ -153,6 +152,9 @@ def load_prosody(model_dir: str | Path) -> ProsodyScorer | None:
         raise CheckpointError(f"{model_dir}: the model fuses a prosody classifier on openSMILE's {FEATURE_SET} "
                               "functionals, and openSMILE is not installed: pip install 'edge-ser[prosody]' "
                               "(audEERING research license: non-commercial use)") from None
+    meta, tensors = load_checkpoint(model_dir)  # checks the prosody tensors against model.json
+    if meta.prosody is None:  # model.json was replaced since it was read
+        return None
     return ProsodyScorer(ProsodyHead.from_tensors(meta.prosody, tensors))
 
 

@@ -33,13 +33,13 @@ import torch
 
 from edge_ser.checkpoint import ModelMeta
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.data import Clip, ManifestError, speaker_split
+from trainer.data import Clip, ManifestError
 from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips, report, write_report
 from trainer.labels import LabelError
 from trainer.metrics import score
 from trainer.plots import safe_name
 from trainer.speaker_norm import clip_offsets, stream_offsets, training_reference
-from trainer.train import RunData, fit, prepare, training_indices
+from trainer.train import RunData, fit, prepare
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def fold_split(config: TrainConfig, data: RunData, corpus: str, refit_epoch: int
     if refit_epoch is not None:
         update.update(dev_fraction=0.0, last_epoch=refit_epoch)
     fold_config = TrainConfig.model_validate({**config.model_dump(), **update})
-    indices = training_indices(fold_config, data)
-    train_idx, dev_idx = speaker_split(data.manifest.clips, indices, fold_config.dev_fraction,
-                                       fold_config.dev_min_speakers, fold_config.seed)
-    return fold_config, train_idx, dev_idx
+    return fold_config, *data.split(fold_config)
 
 
 def trained_split(fold: Path, data: RunData) -> list[int]:
@@ -67,11 +64,7 @@ def trained_split(fold: Path, data: RunData) -> list[int]:
     settings = fold / "config.yaml"
     if not settings.is_file():
         raise FileNotFoundError(f"{settings} does not exist (a LOCO fold's training run is needed)")
-    trained = load_config(settings)
-    indices = training_indices(trained, data)
-    train_idx, _ = speaker_split(data.manifest.clips, indices, trained.dev_fraction, trained.dev_min_speakers,
-                                 trained.seed)
-    return train_idx
+    return data.split(load_config(settings))[0]
 
 
 def run_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, refit_epoch: int | None = None

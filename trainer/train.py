@@ -83,13 +83,23 @@ class RunData:
             return 0.0
         return scorer.head.logit_bias(self.prosody_functionals(config)[np.asarray(indices, dtype=np.int64)])
 
+    def split(self, config: TrainConfig) -> tuple[list[int], list[int]]:
+        """The recipe's training and dev clips: its corpus and label filters (``training_indices``), then its
+        seeded speaker-disjoint dev split."""
+        return speaker_split(self.manifest.clips, training_indices(config, self), config.dev_fraction,
+                             config.dev_min_speakers, config.seed)
+
+    def training_targets(self, config: TrainConfig, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The training targets of ``indices`` (after ``label_smoothing``) and their loss weights."""
+        clips = [self.manifest.clips[i] for i in indices]
+        targets = uniform_smoothing(self.labels.targets([c.label_key for c in clips]), config.label_smoothing)
+        return targets, loss_weights(targets, [c.corpus for c in clips], config)
+
     def add_prosody(self, config: TrainConfig, model_dir: Path, train_idx: Sequence[int],
                     model_id: str | None = None) -> None:
         """Fit the prosody classifier on ``train_idx`` (the loss's targets and weights) into ``model_dir``
         (renamed ``model_id`` if given)."""
-        clips = [self.manifest.clips[i] for i in train_idx]
-        targets = uniform_smoothing(self.labels.targets([c.label_key for c in clips]), config.label_smoothing)
-        weights = loss_weights(targets, [c.corpus for c in clips], config)
+        targets, weights = self.training_targets(config, train_idx)
         functionals = self.prosody_functionals(config)[np.asarray(train_idx, dtype=np.int64)]
         head = fit_prosody(functionals, targets, weights, config.prosody.c, config.prosody.weight)
         attach_prosody(model_dir, head, self.labels.classes, model_id)
@@ -256,9 +266,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     dev_idx = np.asarray(dev_idx, dtype=np.int64)
     train_clips = [clips[i] for i in train_idx]
     dev_clips = [clips[i] for i in dev_idx]
-    targets = uniform_smoothing(data.labels.targets([c.label_key for c in train_clips]), config.label_smoothing)
+    targets, weights = data.training_targets(config, train_idx)
     dev_targets = data.labels.targets([c.label_key for c in dev_clips])
-    weights = loss_weights(targets, [c.corpus for c in train_clips], config)
     domain_names = sorted({(c.corpus if config.domain.target == "corpus" else c.speaker) for c in train_clips})
     domain_of = {name: k for k, name in enumerate(domain_names)}
     domains = np.array([domain_of[c.corpus if config.domain.target == "corpus" else c.speaker]
@@ -585,9 +594,7 @@ def _save_model(folder: Path, model: EmotionModel, config: TrainConfig, data: Ru
 def run(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path, resume: bool = False) -> FitResult:
     """The whole ``edge-ser-train`` job: validate, cache, split speakers, fit."""
     data = prepare(config, manifest_path)
-    indices = training_indices(config, data)
-    train_idx, dev_idx = speaker_split(data.manifest.clips, indices, config.dev_fraction, config.dev_min_speakers,
-                                       config.seed)
+    train_idx, dev_idx = data.split(config)
     log.info("training on %d clips (%s), dev %d clips from %d speakers", len(train_idx),
              ", ".join(sorted({data.manifest.clips[i].corpus for i in train_idx})), len(dev_idx),
              len({data.manifest.clips[i].speaker for i in dev_idx}))
