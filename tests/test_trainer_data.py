@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,24 @@ def test_valid_manifest_loads_with_absolute_paths(tmp_path: Path, real_rows: lis
     assert manifest.clips[0].line == 2
     assert manifest.corpora == sorted({r["corpus"] for r in real_rows})
     assert len(manifest.audio_key()) == 16
+
+
+def test_the_audio_key_follows_the_clips_bytes_not_their_paths_or_times(tmp_path: Path,
+                                                                          real_rows: list[dict[str, str]]) -> None:
+    rows = real_rows[:3]
+    key = load_manifest(write(tmp_path, rows)).audio_key()
+    copy = tmp_path / "copy"
+    for row in rows:
+        target = copy / "data" / row["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DATA / row["path"], target)
+        os.utime(target, (1_000_000_000, 1_000_000_000))
+    manifest = copy / "manifest.csv"
+    shutil.copyfile(tmp_path / "manifest.csv", manifest)
+    assert load_manifest(manifest).audio_key() == key  # elsewhere, other times: the same caches
+    with (copy / "data" / rows[1]["path"]).open("ab") as handle:
+        handle.write(b"\0")
+    assert load_manifest(manifest).audio_key() != key  # one byte more in one clip: caches built anew
 
 
 def test_missing_columns_are_named(tmp_path: Path, real_rows: list[dict[str, str]]) -> None:

@@ -85,11 +85,13 @@ class Manifest:
         return sorted({c.corpus for c in self.clips})
 
     def audio_key(self) -> str:
-        """Hash of what the audio cache depends on: every clip's absolute path, size and mtime, in order."""
+        """Hash of what the audio caches depend on: every clip's bytes, in order. Content, not paths or
+        modification times, so a copy of the same corpora elsewhere (a fresh checkout, a CI machine) finds the
+        caches built from them, and a changed file does not."""
         digest = hashlib.sha256()
         for clip in self.clips:
-            stat = clip.path.stat()
-            digest.update(f"{clip.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            with clip.path.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
         return digest.hexdigest()[:16]
 
 
