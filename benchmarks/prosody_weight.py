@@ -1,12 +1,12 @@
 """The prosody fusion weight, swept over LOCO runs that were trained without it.
 
 For each fold of each run, the prosody classifier is fitted on the fold's own training clips (its saved
-recipe's seed and speaker split, ``trainer.loco.trained_split``; ``RunData.add_prosody``'s targets and
-weights) and its log-probabilities on the held-out corpus, times each weight of --weights, are added to the
-fold's saved ``test_logits.npy``. Prints the 4-class UA of every fold and the mean (and the prosody
-classifier's own), per run, and for the runs merged fold by fold (logits and prosody log-probabilities each
-averaged over the runs, as ``trainer.ensemble`` merges models). Weight 0 is the run as it was. The
-functionals come from the cache ``trainer.loco`` uses (computed on first use).
+recipe's seed and speaker split, ``trainer.loco.trained_split``; ``RunData.add_prosody``'s targets, weights
+and ``prosody.fit_trim_db``) and its log-probabilities on the held-out corpus, times each weight of
+--weights, are added to the fold's saved ``test_logits.npy``. Prints the 4-class UA of every fold and the
+mean (and the prosody classifier's own), per run, and for the runs merged fold by fold (logits and prosody
+log-probabilities each averaged over the runs, as ``trainer.ensemble`` merges models). Weight 0 is the run
+as it was. The functionals come from the cache ``trainer.loco`` uses (computed on first use).
 
     python benchmarks/prosody_weight.py --config configs/train-cpu.yaml --manifest ../shared/data/manifest.csv \\
         --set label_mode=hard --set views=1 runs/loco-keep-s0 runs/loco-keep-s1 [--json OUT.json] [--plot OUT.png]
@@ -44,7 +44,8 @@ def main() -> None:
     weights = [float(w) for w in args.weights.split(",")]
     config = load_config(args.config, [*args.overrides, "cache=false"])
     data = prepare(config, args.manifest)
-    functionals = data.prosody_functionals(config)
+    functionals = data.prosody_functionals(config)  # what the classifier scores: the clips as given
+    fitted_on = data.prosody_functionals(config, config.prosody.fit_trim_db)  # what it is fitted on
     clips = data.manifest.clips
     corpora = sorted({clips[i].corpus for i in data.usable})
     names = [str(r) for r in args.runs] + (["merged"] if len(args.runs) > 1 else [])
@@ -57,7 +58,7 @@ def main() -> None:
             fold = run / f"fold-{safe_name(corpus)}"
             train_idx = trained_split(fold, data)
             targets, balance = data.training_targets(config, train_idx)
-            head = fit_prosody(functionals[train_idx], targets, balance, config.prosody.c, 1.0)
+            head = fit_prosody(fitted_on[train_idx], targets, balance, config.prosody.c, 1.0)
             fused_parts.append((np.load(fold / "test_logits.npy"), head.log_probs(functionals[test])))
         parts = {str(r): p for r, p in zip(args.runs, fused_parts, strict=True)}
         if len(args.runs) > 1:

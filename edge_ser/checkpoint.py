@@ -84,6 +84,7 @@ def save_checkpoint(folder: str | Path, meta: ModelMeta, tensors: dict[str, np.n
     weights = folder / WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
     save_file(arrays, str(tmp), metadata={"format": FORMAT, "model_id": meta.model_id})
+    tmp.chmod(0o644)  # safetensors writes 0600; a model is read by the agent's service user, as model.json is
     tmp.replace(weights)
     meta.weights_sha256 = sha256_bytes(weights)
     _write_meta(folder, meta)

@@ -41,9 +41,11 @@ class ModelConfig(BaseModel):
     base_dir: Path | None = Field(
         None, description="A CTranslate2 Whisper folder to use instead of the packaged whisper-base weights.")
     prosody: bool = Field(
-        True, description="Add the model's prosody term (openSMILE functionals of each window, edge_ser.prosody) "
-        "when it has one. false skips it: less CPU per window (benchmarks/prosody_cost.py), at the accuracy of the "
-        "model without it (docs/ablations.md, stop 30).")
+        False, description="Add the model's prosody term (openSMILE functionals of each window, edge_ser.prosody) "
+        "when it has one. Off by default: the term lifts whole clips (the shipped model: 0.663 -> 0.673 LOCO UA) "
+        "but not the utterances the agent reports from its windows (-0.005 on the shift streams), and it costs "
+        "about 3.8x the encoder's CPU per window (docs/ablations.md, stop 31). true needs openSMILE "
+        "(pip install 'edge-ser[prosody]', research licence).")
 
     def resolved_path(self) -> Path:
         if self.path is not None:

@@ -10,7 +10,8 @@ keeps its own classifier and their log-probabilities are averaged, as the encode
 
 Tensors in ``model.safetensors`` (K members, C classes, F = 88 functionals): ``prosody.mean`` (K, F) and
 ``prosody.scale`` (K, F) standardise, ``prosody.weight`` (K, C, F) and ``prosody.bias`` (K, C) classify;
-``model.json`` ``prosody`` = ``{"feature_set": "eGeMAPSv02", "weight": w}``.
+``model.json`` ``prosody`` = ``{"feature_set": "eGeMAPSv02", "weight": w}``, and optionally ``"fit": {"c": C,
+"trim_db": dB or null}``, how it was fitted (trainer/prosody.py), for the record.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class ProsodyHead:
     weight: np.ndarray  # (K, C, F)
     bias: np.ndarray  # (K, C)
     fusion_weight: float
+    fit: dict[str, Any] | None = None
+    """How it was fitted, for the record (``{"c": C, "trim_db": dB or None}``); None when not known."""
 
     def log_probs(self, functionals: np.ndarray) -> np.ndarray:
         """(N, C) class log-probabilities of (N, F) functionals, averaged over the members. A functional that
@@ -98,27 +101,35 @@ class ProsodyHead:
         return dict(zip(TENSORS, (self.mean, self.scale, self.weight, self.bias), strict=True))
 
     def meta(self) -> dict[str, Any]:
-        return {"feature_set": FEATURE_SET, "weight": self.fusion_weight}
+        meta: dict[str, Any] = {"feature_set": FEATURE_SET, "weight": self.fusion_weight}
+        return meta if self.fit is None else {**meta, "fit": dict(self.fit)}
 
     @classmethod
     def from_tensors(cls, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ProsodyHead:
         return cls(*(np.asarray(tensors[name], dtype=np.float32) for name in TENSORS),
-                   fusion_weight=float(meta["weight"]))
+                   fusion_weight=float(meta["weight"]), fit=meta.get("fit"))
 
     @classmethod
     def merge(cls, heads: Sequence[ProsodyHead]) -> ProsodyHead:
-        """One head whose log-probabilities are the mean of ``heads``' (all with the same fusion weight)."""
+        """One head whose log-probabilities are the mean of ``heads``' (all with the same fusion weight and
+        fitting recipe)."""
         weights = {head.fusion_weight for head in heads}
         if len(weights) != 1:
             raise ProsodyError(f"cannot merge prosody classifiers with different fusion weights {sorted(weights)}")
+        fits = [head.fit for head in heads]
+        if any(fit != fits[0] for fit in fits):
+            raise ProsodyError(f"cannot merge prosody classifiers fitted differently: {fits}")
         return cls(*(np.concatenate([getattr(h, name) for h in heads]) for name in ("mean", "scale", "weight", "bias")),
-                   fusion_weight=weights.pop())
+                   fusion_weight=weights.pop(), fit=fits[0])
 
 
 def prosody_problem(meta: Any, tensors: dict[str, np.ndarray], n_classes: int) -> str | None:
     """Why ``model.json``'s ``prosody`` entry and the ``prosody.*`` tensors cannot be used (None when they can)."""
-    if not (isinstance(meta, dict) and set(meta) == {"feature_set", "weight"}):
-        return f"'prosody' must be null or an object with 'feature_set' and 'weight', got {meta!r:.80}"
+    if not (isinstance(meta, dict) and set(meta) - {"fit"} == {"feature_set", "weight"}):
+        return f"'prosody' must be null or an object with 'feature_set', 'weight' (and 'fit'), got {meta!r:.80}"
+    fit_problem = _fit_problem(meta.get("fit"))
+    if fit_problem:
+        return fit_problem
     if meta["feature_set"] != FEATURE_SET:
         return f"prosody.feature_set {meta['feature_set']!r:.40}: only {FEATURE_SET!r} is known"
     weight = meta["weight"]
@@ -136,6 +147,20 @@ def prosody_problem(meta: Any, tensors: dict[str, np.ndarray], n_classes: int) -
                     f"{N_FUNCTIONALS} functionals)")
     if np.any(tensors["prosody.scale"] <= 0):
         return "tensor 'prosody.scale' must be positive"
+    return None
+
+
+def _fit_problem(fit: Any) -> str | None:
+    """Why ``prosody.fit`` (optional: how the classifier was fitted) cannot be read, or None."""
+    if fit is None:
+        return None
+    if not (isinstance(fit, dict) and set(fit) == {"c", "trim_db"}):
+        return f"prosody.fit must be an object with 'c' and 'trim_db', got {fit!r:.80}"
+    for key, value in fit.items():
+        number = not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+        if not (number or (key == "trim_db" and value is None)):
+            expected = "a positive number or null" if key == "trim_db" else "a positive number"
+            return f"prosody.fit.{key} must be {expected}, got {value!r:.40}"
     return None
 
 

@@ -35,6 +35,7 @@ def test_roundtrip(tmp_path: Path) -> None:
     assert meta.labels == list(EMOTIONS)
     assert len(meta.weights_sha256) == 64
     np.testing.assert_array_equal(tensors["head.fc1.weight"], _tensors()["head.fc1.weight"])
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644  # readable by a service user
 
 
 def test_feature_params_with_trimming_roundtrip(tmp_path: Path) -> None:

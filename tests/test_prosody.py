@@ -3,6 +3,7 @@ synthetic features), the fused scores, the checkpoint's checks and the merge of 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from edge_ser.audio import load_audio
 from edge_ser.backends.base import FrameScores
 from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, save_checkpoint
-from edge_ser.features import DEFAULT_PARAMS
+from edge_ser.features import DEFAULT_PARAMS, trim_quiet_edges
 from edge_ser.prosody import (
     N_FUNCTIONALS,
     Functionals,
@@ -90,6 +91,8 @@ def test_merged_members_average_their_log_probabilities() -> None:
     np.testing.assert_allclose(merged.log_probs(x), (a.log_probs(x) + b.log_probs(x)) / 2, atol=1e-5)
     with pytest.raises(ProsodyError, match=r"different fusion weights \[0.3, 0.5\]"):
         ProsodyHead.merge([a, _head(2, fusion=0.5)])
+    with pytest.raises(ProsodyError, match="fitted differently"):
+        ProsodyHead.merge([a, replace(b, fit={"c": 1.0, "trim_db": 40.0})])
 
 
 def test_the_bias_moves_clip_and_per_second_scores_alike() -> None:
@@ -130,7 +133,7 @@ def _tensors() -> dict[str, np.ndarray]:
 
 
 def test_a_checkpoint_carries_the_classifier_and_its_damage_is_named(tmp_path: Path) -> None:
-    head = _head(members=2)
+    head = replace(_head(members=2), fit={"c": 1.0, "trim_db": 40.0})  # how it was fitted, for the record
     meta = _meta()
     meta.prosody = head.meta()
     save_checkpoint(tmp_path / "ok", meta, {**_tensors(), **head.tensors()})
@@ -142,12 +145,16 @@ def test_a_checkpoint_carries_the_classifier_and_its_damage_is_named(tmp_path: P
     cases = [
         ({"feature_set": "ComParE_2016", "weight": 0.3}, head.tensors(), "only 'eGeMAPSv02' is known"),
         ({"feature_set": "eGeMAPSv02", "weight": -1}, head.tensors(), "weight must be a number in 0..10"),
-        ({"feature_set": "eGeMAPSv02"}, head.tensors(), "'feature_set' and 'weight'"),
+        ({"feature_set": "eGeMAPSv02"}, head.tensors(), r"'feature_set', 'weight' \(and 'fit'\)"),
         (head.meta(), {k: v for k, v in head.tensors().items() if k != "prosody.bias"},
          r"missing tensors \['prosody.bias'\]"),
         (head.meta(), {**head.tensors(), "prosody.weight": head.weight[:, :4]},
          r"'prosody.weight' has shape \(2, 4, 88\); expected \(2, 8, 88\)"),
         (head.meta(), {**head.tensors(), "prosody.scale": -head.scale}, "'prosody.scale' must be positive"),
+        ({**head.meta(), "fit": {"c": 1.0}}, head.tensors(), "prosody.fit must be an object with 'c' and 'trim_db'"),
+        ({**head.meta(), "fit": {"c": 0, "trim_db": None}}, head.tensors(), "prosody.fit.c must be a positive number"),
+        ({**head.meta(), "fit": {"c": 1.0, "trim_db": "40"}}, head.tensors(),
+         "prosody.fit.trim_db must be a positive number or null"),
     ]
     for k, (entry, tensors, message) in enumerate(cases):
         bad = _meta()
@@ -155,40 +162,38 @@ def test_a_checkpoint_carries_the_classifier_and_its_damage_is_named(tmp_path: P
         with pytest.raises(CheckpointError, match=message):
             save_checkpoint(tmp_path / f"bad{k}", bad, {**_tensors(), **tensors})
     loaded, _ = load_checkpoint(tmp_path / "ok")
-    assert loaded.prosody == {"feature_set": "eGeMAPSv02", "weight": pytest.approx(0.3)}
+    assert loaded.prosody == {"feature_set": "eGeMAPSv02", "weight": pytest.approx(0.3),
+                              "fit": {"c": 1.0, "trim_db": 40.0}}
+    assert scorer.head.fit == {"c": 1.0, "trim_db": 40.0}
 
 
 MODEL = ROOT / "models" / "default"
 
 
 @pytest.mark.skipif(not (MODEL / "model.json").is_file(), reason="no trained model in models/default")
-def test_the_agents_batcher_adds_a_models_term_unless_configured_off(tmp_path: Path) -> None:
-    """The shipped model with a classifier added (weights made up: what is checked is where the term goes)."""
-    import shutil
-
+def test_the_agents_batcher_adds_the_shipped_models_term_when_configured_on() -> None:
+    """The shipped model carries a classifier; the agent leaves it off unless ``model.prosody: true``, and then
+    its batcher adds each window's own term."""
     from edge_ser.backends import Ct2EngineConfig, make_engine
     from edge_ser.batching import BatchingConfig, DynamicBatcher
     from edge_ser.config import ModelConfig
     from edge_ser.features import FeatureParams
     from edge_ser.types import Window
-    from trainer.prosody import attach_prosody
 
-    model = tmp_path / "model"
-    shutil.copytree(MODEL, model)
-    meta, _ = load_checkpoint(model)
-    attach_prosody(model, _head(5), meta.labels, "with-prosody")
-    assert ModelConfig().prosody is True
-    assert make_engine(Ct2EngineConfig(), MODEL).prosody is None  # the shipped model has none
-    engine = make_engine(Ct2EngineConfig(), model)
-    assert engine.prosody is not None and engine.prosody.head.fusion_weight == pytest.approx(0.3)
+    meta, _ = load_checkpoint(MODEL)
+    assert meta.prosody is not None and meta.prosody["fit"]["trim_db"] is not None
+    assert ModelConfig().prosody is False  # the agent's default: the term does not lift its windows
+    engine = make_engine(Ct2EngineConfig(), MODEL, prosody=True)
+    assert engine.prosody is not None and engine.prosody.head.fusion_weight == pytest.approx(meta.prosody["weight"])
     audio = load_audio(CLIP)
     windows = [Window("s", 0, 0.0, 2.0, audio[:32000]), Window("s", 1, 3.0, 4.5, audio[48000:72000])]
     params = FeatureParams(**meta.features)
     fused = DynamicBatcher(engine, BatchingConfig(), params)._infer(windows)
     expected = engine.prosody.bias([w.samples for w in windows])
+    assert np.abs(expected).max() > 0.05
     for scores, bias in zip(fused, expected, strict=True):
         np.testing.assert_allclose(scores.bias, bias, atol=1e-6)
-    plain_engine = make_engine(Ct2EngineConfig(), model, prosody=False)
+    plain_engine = make_engine(Ct2EngineConfig(), MODEL, prosody=ModelConfig().prosody)
     assert plain_engine.prosody is None
     plain = DynamicBatcher(plain_engine, BatchingConfig(), params)._infer(windows)
     for with_term, without, bias in zip(fused, plain, expected, strict=True):
@@ -213,7 +218,7 @@ def test_clip_functionals_are_cached_and_an_interrupted_run_resumes(tmp_path: Pa
     real = training_side._clip_functionals
     interrupt_at = [3]  # the third clip measured raises, as a Ctrl-C would
 
-    def counted(job: tuple[int, Path, int]) -> tuple[int, np.ndarray | None]:
+    def counted(job: tuple[int, Path, int, float | None]) -> tuple[int, np.ndarray | None]:
         calls.append(job[0])
         if len(calls) in interrupt_at:
             raise KeyboardInterrupt
@@ -230,4 +235,12 @@ def test_clip_functionals_are_cached_and_an_interrupted_run_resumes(tmp_path: Pa
     calls.clear()
     again = training_side.clip_functionals(manifest, [0, 1, 2], tmp_path / "cache", 8.0)
     assert calls == [] and np.array_equal(again, values)
-    np.testing.assert_allclose(values[0], Functionals()(load_audio(manifest.clips[0].path)[: 8 * 16000]), atol=1e-5)
+    audio = load_audio(manifest.clips[0].path)[: 8 * 16000]
+    np.testing.assert_allclose(values[0], Functionals()(audio), atol=1e-5)
+    trimmed = training_side.clip_functionals(manifest, [0, 1, 2], tmp_path / "cache", 8.0, trim_db=40.0)
+    assert calls == [0, 1, 2]  # its own cache file beside the untrimmed one, which stays
+    assert len(list((tmp_path / "cache").glob("*/prosody-*.npz"))) == 2
+    trimmed_audio = trim_quiet_edges(audio, 40.0)
+    assert len(trimmed_audio) < len(audio)  # the corpus clip has quiet edges to cut
+    np.testing.assert_allclose(trimmed[0], Functionals()(trimmed_audio), atol=1e-5)
+    assert not np.allclose(trimmed[0], values[0])

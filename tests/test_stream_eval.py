@@ -111,6 +111,22 @@ def test_stream_adaptation_is_part_of_what_the_window_scores_are_cached_under(fi
     assert first_run["report"]["engine_calls"]["windows"] > 2 * windows
 
 
+@needs_data
+@needs_model
+def test_the_prosody_term_is_off_as_in_the_agent_and_part_of_the_cache_key_when_on(first_run: dict[str, Any]
+                                                                                    ) -> None:
+    """The shipped model has a prosody classifier; stream scoring leaves its term off, as the agent does, and
+    ``--prosody`` scores every window and clip again (none of the plain scores is reused), then from cache."""
+    root = first_run["root"]
+    assert first_run["report"]["config"]["prosody"] is False
+    for name, hits, misses in (("prosody.json", 0, 4), ("prosody-again.json", 4, 0)):
+        out = root / name
+        assert eval_main([*first_run["argv"], "--out", str(out), "--prosody"]) == 0
+        report = json.loads(out.read_text())
+        assert report["config"]["prosody"] is True
+        assert (report["cache"]["hits"], report["cache"]["misses"]) == (hits, misses)
+
+
 def test_stages_tick_gaps_through_silence_and_window_speech_in_pipeline_order() -> None:
     """Pure ordering check on tiny synthetic audio: 2 s of silence (gap ticks every 0.5 s, no windows)."""
     events, windows, end_t = stream_eval.run_stages("s", np.zeros(2 * SAMPLE_RATE, np.float32), VadConfig(),

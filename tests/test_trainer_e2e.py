@@ -25,7 +25,7 @@ from edge_ser.model import EmotionModel
 from trainer.config import load_config
 from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips
 from trainer.train import main as train_main
-from trainer.train import prepare
+from trainer.train import prepare, training_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -562,7 +562,7 @@ def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(wor
 
     overrides, model, meta = _train_tiny_with(workspace, "prosody", "prosody.enabled=true")
     model_dir = workspace["root"] / "prosody" / "model"
-    assert meta.prosody == {"feature_set": "eGeMAPSv02", "weight": 0.3}
+    assert meta.prosody == {"feature_set": "eGeMAPSv02", "weight": 0.7, "fit": {"c": 1.0, "trim_db": 40.0}}
     assert load_checkpoint(model_dir)[1]["prosody.weight"].shape == (1, 8, 88)
     config = load_config(ROOT / "configs" / "train-cpu.yaml", overrides)
     data = prepare(config, workspace["manifest"])
@@ -575,7 +575,7 @@ def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(wor
     decoded, problems = predict_clips(model, clips, prosody=load_prosody(model_dir))
     assert not problems
     assert np.allclose(decoded, cached, atol=0.05)
-    engine = make_engine(TorchEngineConfig(), model_dir)
+    engine = make_engine(TorchEngineConfig(), model_dir, prosody=True)
     assert engine.prosody is not None
     audio = [read_clip(c) for c in clips[:4]]
     mels = [prepare_mel(a, None, None, 30 * 16000) for a in audio]
@@ -592,6 +592,21 @@ def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(wor
     assert prosody_main(["--model", str(plain), "--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest",
                          str(workspace["manifest"]), *[x for o in overrides for x in ("--set", o)]]) == 0
     assert load_checkpoint(plain)[0].prosody == meta.prosody
+    # fitted on the clips with their quiet edges cut (the default): the trimmed functionals' statistics; with
+    # fit_trim_db null, the plain ones'
+    fitted_on = data.prosody_functionals(config, 40.0)[training_indices(config, data)]
+    trimmed_mean = load_checkpoint(plain)[1]["prosody.mean"][0]
+    np.testing.assert_allclose(trimmed_mean, fitted_on[np.isfinite(fitted_on).all(axis=1)].mean(axis=0), rtol=1e-4)
+    untrimmed = workspace["root"] / "prosody-untrimmed"
+    shutil.copytree(workspace["run"] / "model", untrimmed)
+    assert prosody_main(["--model", str(untrimmed), "--config", str(ROOT / "configs" / "train-cpu.yaml"),
+                         "--manifest", str(workspace["manifest"]), "--set", "prosody.fit_trim_db=null",
+                         *[x for o in overrides for x in ("--set", o)]]) == 0
+    assert load_checkpoint(untrimmed)[0].prosody["fit"] == {"c": 1.0, "trim_db": None}
+    fitted_on = data.prosody_functionals(config)[training_indices(config, data)]
+    untrimmed_mean = load_checkpoint(untrimmed)[1]["prosody.mean"][0]
+    np.testing.assert_allclose(untrimmed_mean, fitted_on[np.isfinite(fitted_on).all(axis=1)].mean(axis=0), rtol=1e-4)
+    assert not np.allclose(trimmed_mean, untrimmed_mean, rtol=1e-3)
     # a LOCO run trained without it gets one per fold when rescored with it
     out = workspace["root"] / "loco-prosody"
     args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
@@ -602,3 +617,7 @@ def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(wor
     fold_meta, _ = load_checkpoint(out / "fold-casia" / "model")
     assert fold_meta.prosody == meta.prosody and "casia" not in fold_meta.training["corpora"]
     assert json.loads((out / "summary.rescored.json").read_text())["folds"][0]["4class"]["n"] > 0
+    # rescored by another prosody recipe, the fold's classifier is fitted again by it, not kept
+    first_mean = load_checkpoint(out / "fold-casia" / "model")[1]["prosody.mean"]
+    assert loco_main([*args, "--rescore", "--set", "prosody.enabled=true", "--set", "prosody.fit_trim_db=null"]) == 0
+    assert not np.allclose(load_checkpoint(out / "fold-casia" / "model")[1]["prosody.mean"], first_mean, rtol=1e-3)

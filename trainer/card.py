@@ -60,11 +60,17 @@ def _prosody_bullet(prosody: dict[str, Any], members: int) -> str:
     """The model's prosody classifier (edge_ser/prosody.py) of ``members`` members, in one sentence."""
     fitted = ("a multinomial logistic regression" if members == 1 else
               f"{members} multinomial logistic regressions (their log-probabilities averaged)")
+    fit = prosody.get("fit") or {}
+    clips = ("the training clips" if fit.get("trim_db") is None else
+             f"the training clips with their quiet edges cut (20 ms frames {fit['trim_db']:g} dB under the loudest)")
+    regularised = f" (C = {fit['c']:g})" if "c" in fit else ""
     return (f"* Prosody: {fitted} on openSMILE's {prosody['feature_set']} functionals of each window (88 "
-            "statistics of pitch, loudness, voice quality and spectrum), fitted on the training clips with the "
+            f"statistics of pitch, loudness, voice quality and spectrum), fitted{regularised} on {clips} with the "
             f"loss's class and corpus weights; its log-probabilities x {prosody['weight']:g} are added to every "
-            "clip and per-second logit (`edge_ser.prosody`). openSMILE is under audEERING's research licence "
-            "(non-commercial use): `pip install 'edge-ser[prosody]'`.")
+            "clip and per-second logit (`edge_ser.prosody`): `edge-ser-eval` and the LOCO figures below include "
+            "it; the agent adds it only with `model.prosody: true` (off by default: it does not lift the agent's "
+            "windows, docs/ablations.md). openSMILE is under audEERING's research licence (non-commercial use): "
+            "`pip install 'edge-ser[prosody]'`.")
 
 
 def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sources: Path) -> str:

@@ -14,7 +14,9 @@ how long to train, the refit uses the speakers the dev split held back.
 
 With ``prosody.enabled`` each fold model carries a prosody classifier fitted on the fold's training clips
 (trainer/prosody.py), and the held-out logits include its term (``test_logits.npy`` too); ``--rescore``
-with it adds one to fold models trained without it (a merged run: to its members first, then merge again).
+with it fits each fold model's classifier by the recipe given (replacing one fitted before, so that the
+recipe's ``prosody`` settings are the ones scored). A merged run keeps its members' classifiers: fit them
+into the members first, then merge again.
 """
 
 from __future__ import annotations
@@ -193,12 +195,12 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
     if data.cache is None:
         raise ValueError("--rescore needs the cache (cache: true)")
-    if config.prosody.enabled and meta.prosody is None:
-        if not (out / "metrics.json").is_file():
-            raise ValueError(f"{out / 'model'}: a merged model without a prosody classifier; add one to its "
-                             "members (--rescore with prosody.enabled) and merge them again")
+    if config.prosody.enabled and (out / "metrics.json").is_file():  # a training run's fold: fitted by this recipe
         data.add_prosody(config, out / "model", trained_split(out, data))
-        log.info("fold %s: prosody classifier added to %s", corpus, out / "model")
+        log.info("fold %s: prosody classifier fitted into %s", corpus, out / "model")
+    elif config.prosody.enabled and meta.prosody is None:
+        raise ValueError(f"{out / 'model'}: a merged model without a prosody classifier; add one to its "
+                         "members (--rescore with prosody.enabled) and merge them again")
     offsets, history = test_offsets(data, meta, test_idx, corpus, centring)
     prosody_term = data.prosody_bias(config, out / "model", test_idx)
     logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean,

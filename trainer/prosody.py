@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from edge_ser.audio import AudioError, load_audio
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_ser.features import trim_quiet_edges
 from edge_ser.prosody import FEATURE_SET, N_FUNCTIONALS, Functionals, ProsodyHead
 from edge_ser.types import SAMPLE_RATE
 from trainer.data import Manifest, crop
@@ -42,32 +43,37 @@ _SAVE_EVERY = 1000
 _EXTRACT = Functionals()  # one openSMILE extractor per process and thread, made on first use
 
 
-def cache_path(manifest: Manifest, cache_dir: str | Path, max_clip_s: float) -> Path:
-    """Where a manifest's functionals are cached: beside the frame cache, under the same audio key."""
+def cache_path(manifest: Manifest, cache_dir: str | Path, max_clip_s: float, trim_db: float | None = None) -> Path:
+    """Where a manifest's functionals are cached: beside the frame cache, under the same audio key
+    (``trim_db`` is part of the key only when set, so the untrimmed caches keep their names)."""
     import opensmile
 
-    blob = json.dumps({"format": CACHE_FORMAT, "feature_set": FEATURE_SET, "max_clip_s": max_clip_s,
-                       "opensmile": opensmile.__version__}, sort_keys=True)
+    recipe: dict[str, object] = {"format": CACHE_FORMAT, "feature_set": FEATURE_SET, "max_clip_s": max_clip_s,
+                                 "opensmile": opensmile.__version__}
+    if trim_db is not None:
+        recipe["trim_db"] = trim_db
+    blob = json.dumps(recipe, sort_keys=True)
     return Path(cache_dir) / manifest.audio_key() / f"prosody-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.npz"
 
 
-def _clip_functionals(job: tuple[int, Path, int]) -> tuple[int, np.ndarray | None]:
-    """One clip's functionals over its centre ``max_samples`` (the frame cache's clean view), None if it
-    cannot be decoded."""
-    index, path, max_samples = job
+def _clip_functionals(job: tuple[int, Path, int, float | None]) -> tuple[int, np.ndarray | None]:
+    """One clip's functionals over its centre ``max_samples`` (the frame cache's clean view), its quiet edges
+    cut when ``trim_db`` is set; None if it cannot be decoded."""
+    index, path, max_samples, trim_db = job
     try:
-        audio = load_audio(path)
+        audio = crop(load_audio(path), max_samples)
     except (AudioError, ValueError):
         return index, None
-    return index, _EXTRACT(crop(audio, max_samples))
+    return index, _EXTRACT(audio if trim_db is None else trim_quiet_edges(audio, trim_db))
 
 
 def clip_functionals(manifest: Manifest, indices: Sequence[int], cache_dir: str | Path, max_clip_s: float,
-                     workers: int = 1) -> np.ndarray:
-    """(clips, 88) functionals of the manifest's clips, NaN rows for clips not in ``indices`` or undecodable.
-    Computed once per manifest (``workers`` processes, a progress bar) and cached; an interrupted run keeps
-    what it computed (saved every ``_SAVE_EVERY`` clips and on the way out) and resumes from it."""
-    path = cache_path(manifest, cache_dir, max_clip_s)
+                     workers: int = 1, trim_db: float | None = None) -> np.ndarray:
+    """(clips, 88) functionals of the manifest's clips (their quiet edges cut first with ``trim_db``), NaN
+    rows for clips not in ``indices`` or undecodable. Computed once per manifest (``workers`` processes, a
+    progress bar) and cached; an interrupted run keeps what it computed (saved every ``_SAVE_EVERY`` clips and
+    on the way out) and resumes from it."""
+    path = cache_path(manifest, cache_dir, max_clip_s, trim_db)
     values = np.full((len(manifest), N_FUNCTIONALS), np.nan, dtype=np.float32)
     done = np.zeros(len(manifest), dtype=bool)
     if path.is_file():
@@ -77,7 +83,7 @@ def clip_functionals(manifest: Manifest, indices: Sequence[int], cache_dir: str 
     todo = [i for i in indices if not done[i]]
     if todo:
         max_samples = int(max_clip_s * SAMPLE_RATE)
-        jobs = [(i, manifest.clips[i].path, max_samples) for i in todo]
+        jobs = [(i, manifest.clips[i].path, max_samples, trim_db) for i in todo]
         log.info("prosody: eGeMAPS functionals of %d clips (%d workers) into %s", len(jobs), workers, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -111,10 +117,11 @@ def _save(path: Path, values: np.ndarray, done: np.ndarray) -> None:
 
 
 def fit_prosody(functionals: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: float,
-                fusion_weight: float) -> ProsodyHead:
+                fusion_weight: float, trim_db: float | None = None) -> ProsodyHead:
     """Standardise the (N, 88) functionals and fit a multinomial logistic regression to each target's top
     class with the loss weights ``weights``. Classes without training clips get a bias ``ABSENT_MARGIN``
-    under the lowest fitted one."""
+    under the lowest fitted one. ``trim_db``: the quiet-edge cut the functionals were taken after, recorded
+    in the head's ``fit``."""
     from sklearn.linear_model import LogisticRegression
 
     if len(functionals) != len(targets) or len(targets) != len(weights):
@@ -139,7 +146,7 @@ def fit_prosody(functionals: np.ndarray, targets: np.ndarray, weights: np.ndarra
     log.info("prosody: logistic regression on %d clips, %d classes (%d with NaN functionals left out)",
              len(x), len(present), int((~finite).sum()))
     return ProsodyHead(mean[None].astype(np.float32), scale[None].astype(np.float32), weight[None], bias[None],
-                       fusion_weight=fusion_weight)
+                       fusion_weight=fusion_weight, fit={"c": c, "trim_db": trim_db})
 
 
 def attach_prosody(model_dir: str | Path, head: ProsodyHead, classes: Sequence[str], model_id: str | None = None

@@ -107,6 +107,8 @@ class StreamEvalConfig(BaseModel):
     block_s: float = Field(0.1, gt=0, le=2.0, description="Audio block length fed to the VAD (the file source's).")
     centring: CentringConfig = Field(default_factory=CentringConfig, description="Stream adaptation, as the "
                                      "agent's (edge_ser.centring); each window centred on all earlier windows.")
+    prosody: bool = Field(False, description="Add the model's prosody term (edge_ser.prosody) to each window, as "
+                          "the agent's model.prosody does (off by default, as there).")
 
 
 # --- streams ------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class LazyEngine:
     """The configured engine, built on its first call; counts calls and windows for cache checks."""
 
     def __init__(self, model_dir: str | Path, config: Ct2EngineConfig | TorchEngineConfig,
-                 base_dir: str | Path | None = None) -> None:
+                 base_dir: str | Path | None = None, prosody: bool = False) -> None:
         self.model_dir = Path(model_dir)
         self.config = config
         self.base_dir = base_dir
@@ -170,6 +172,7 @@ class LazyEngine:
         self.labels = tuple(self.meta.labels)
         self.params = FeatureParams(**self.meta.features)
         self.centring_reference = meta_reference(self.meta.speaker_norm)
+        self.prosody = prosody and self.meta.prosody is not None  # the model's term is added
         self.calls = 0
         self.windows = 0
         self._engine: Any = None
@@ -179,7 +182,7 @@ class LazyEngine:
         """The engine's scores of ``mels``, with the model's prosody term from their ``samples`` (as the agent's
         batcher adds it)."""
         if self._engine is None:
-            self._engine = make_engine(self.config, self.model_dir, self.base_dir)
+            self._engine = make_engine(self.config, self.model_dir, self.base_dir, prosody=self.prosody)
         out: list[FrameScores] = []
         for first in range(0, len(mels), ENGINE_BATCH):
             batch = mels[first:first + ENGINE_BATCH]
@@ -191,8 +194,9 @@ class LazyEngine:
     def fingerprint(self) -> dict[str, Any]:
         """What the scores depend on (thread counts do not count)."""
         engine = self.config.model_dump(mode="json", exclude={"intra_threads", "threads"})
-        return {"model_id": self.meta.model_id, "weights_sha256": self.meta.weights_sha256,
-                "features": self.meta.features, "engine": engine}
+        found = {"model_id": self.meta.model_id, "weights_sha256": self.meta.weights_sha256,
+                 "features": self.meta.features, "engine": engine}
+        return found if self.meta.prosody is None else {**found, "prosody": self.prosody}
 
 
 class ScoreCache:
@@ -631,6 +635,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="smooth over all model labels (default, as the agent) or the 4 protocol classes")
     g.add_argument("--no-centring", action="store_true", help="score every window on its own (no stream "
                    "adaptation, edge_ser.centring; the agent's default adapts)")
+    g.add_argument("--prosody", action="store_true", help="add the model's prosody term to each window (the "
+                   "agent's model.prosody; off by default, as there)")
     g.add_argument("--cache-dir", default=None,
                    help="engine score cache (default: <out stem>.cache next to --out; 'none' disables it)")
     g.add_argument("--plot", default=None, metavar="DIR", help="write one timeline PNG per stream here")
@@ -645,6 +651,9 @@ def config_from_args(args: argparse.Namespace) -> StreamEvalConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"{args.agent_config}: the top level must be a mapping")
         data = {k: raw[k] for k in ("engine", "vad", "windows", "smoothing", "centring") if k in raw}
+        model = raw.get("model")
+        if isinstance(model, dict) and "prosody" in model:
+            data["prosody"] = model["prosody"]
     engine = dict(data.get("engine") or {})
     if args.engine:
         engine = {"type": args.engine}
@@ -675,6 +684,8 @@ def config_from_args(args: argparse.Namespace) -> StreamEvalConfig:
         data["label_space"] = args.label_space
     if args.no_centring:
         data["centring"] = {**(data.get("centring") or {}), "enabled": False}
+    if args.prosody:
+        data["prosody"] = True
     try:
         return StreamEvalConfig.model_validate(data)
     except ValidationError as exc:
@@ -695,7 +706,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         else:
             raise ValueError("--streams needs --stream-dir (built streams) or --manifest (to build them)")
         cache_dir = None if args.cache_dir == "none" else Path(args.cache_dir or out.with_name(out.stem + ".cache"))
-        engine = LazyEngine(args.model, config.engine, args.base_dir)
+        engine = LazyEngine(args.model, config.engine, args.base_dir, config.prosody)
         report = evaluate_streams(streams, engine, config, ScoreCache(cache_dir), args.plot, not args.quiet)
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)

@@ -67,14 +67,17 @@ class RunData:
     cache: CacheSet | None
     usable: list[int]  # clip indices that decode (all of them without a cache: checked lazily)
     clip_means: np.ndarray | None = None  # (clips, width) trainer/speaker_norm.py means, computed on first use
-    functionals: np.ndarray | None = None  # (clips, 88) eGeMAPS functionals (trainer/prosody.py), on first use
+    functionals: dict[float | None, np.ndarray] = field(default_factory=dict)
+    """(clips, 88) eGeMAPS functionals (trainer/prosody.py) by the quiet-edge cut they were taken after, on first
+    use."""
 
-    def prosody_functionals(self, config: TrainConfig) -> np.ndarray:
-        """Every usable clip's eGeMAPS functionals (clips, 88), computed once and cached beside the frames."""
-        if self.functionals is None:
-            self.functionals = clip_functionals(self.manifest, self.usable, config.cache_dir, config.max_clip_s,
-                                                max(1, config.threads))
-        return self.functionals
+    def prosody_functionals(self, config: TrainConfig, trim_db: float | None = None) -> np.ndarray:
+        """Every usable clip's eGeMAPS functionals (clips, 88), its quiet edges cut first with ``trim_db``;
+        computed once and cached beside the frames."""
+        if trim_db not in self.functionals:
+            self.functionals[trim_db] = clip_functionals(self.manifest, self.usable, config.cache_dir,
+                                                         config.max_clip_s, max(1, config.threads), trim_db)
+        return self.functionals[trim_db]
 
     def prosody_bias(self, config: TrainConfig, model_dir: Path, indices: Sequence[int]) -> np.ndarray | float:
         """What the model in ``model_dir`` adds to the clip logits of ``indices`` (its prosody term; 0 without)."""
@@ -97,11 +100,13 @@ class RunData:
 
     def add_prosody(self, config: TrainConfig, model_dir: Path, train_idx: Sequence[int],
                     model_id: str | None = None) -> None:
-        """Fit the prosody classifier on ``train_idx`` (the loss's targets and weights) into ``model_dir``
-        (renamed ``model_id`` if given)."""
+        """Fit the prosody classifier on ``train_idx`` (the loss's targets and weights; functionals after the
+        recipe's ``prosody.fit_trim_db``) into ``model_dir`` (renamed ``model_id`` if given)."""
         targets, weights = self.training_targets(config, train_idx)
-        functionals = self.prosody_functionals(config)[np.asarray(train_idx, dtype=np.int64)]
-        head = fit_prosody(functionals, targets, weights, config.prosody.c, config.prosody.weight)
+        functionals = self.prosody_functionals(config, config.prosody.fit_trim_db)
+        functionals = functionals[np.asarray(train_idx, dtype=np.int64)]
+        head = fit_prosody(functionals, targets, weights, config.prosody.c, config.prosody.weight,
+                           config.prosody.fit_trim_db)
         attach_prosody(model_dir, head, self.labels.classes, model_id)
 
     def speaker_means(self) -> np.ndarray:

@@ -60,9 +60,10 @@ EngineConfig = Annotated[Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, 
 
 
 def make_engine(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, model_dir: str | Path,
-                base_dir: str | Path | None = None, prosody: bool = True) -> Engine:
-    """Build the configured backend; its module (and native library) is imported only now. The model's prosody
-    classifier, if it has one (and ``prosody``), is attached as ``engine.prosody``."""
+                base_dir: str | Path | None = None, prosody: bool = False) -> Engine:
+    """Build the configured backend; its module (and native library) is imported only now. With ``prosody``
+    the model's prosody classifier, if it has one, is attached as ``engine.prosody`` (openSMILE needed); the
+    caller adds its term (the agent's batcher, ``edge_ser.batching``)."""
     engine = _backend(config, model_dir, base_dir)
     engine.prosody = load_prosody(model_dir) if prosody else None
     return engine
