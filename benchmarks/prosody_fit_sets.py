@@ -23,13 +23,13 @@ with ``--workers 2``) and kept in ``--crops`` for the next run.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from prosody_weight import loco_runs_parser  # a sibling script (benchmarks/ is on sys.path)
 from tqdm import tqdm
 
 from edge_ser.audio import AudioError, load_audio
@@ -86,11 +86,7 @@ def crop_functionals(clips: Sequence[Clip], indices: Sequence[int], max_clip_s: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="LOCO run folders (fold-*/test_logits.npy, config.yaml)")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = loco_runs_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default="0.3,0.5,0.7")
     parser.add_argument("--trim-db", type=float, default=40.0)
     parser.add_argument("--crop-s", type=float, default=2.0)

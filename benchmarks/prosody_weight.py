@@ -31,12 +31,19 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 ALONE = "prosody alone"  # the row of the prosody classifier's own 4-class UA
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def loco_runs_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that rescores LOCO runs' saved held-out logits: the runs, the recipe, the
+    manifest and recipe overrides (also ``benchmarks/prosody_fit_sets.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="+", type=Path, help="LOCO run folders (fold-*/test_logits.npy, config.yaml)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main() -> None:
+    parser = loco_runs_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=",".join(map(str, WEIGHTS)))
     parser.add_argument("--json", type=Path, default=None, help="also write {run: {weight: {corpus: UA}}}")
     parser.add_argument("--plot", type=Path, default=None, help="also draw mean UA against the weight (PNG)")
