@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         "reference: python -m trainer.speaker_norm --model LOCO/fold-C/model ...")
     parser.add_argument("--prosody", action="store_true", help="add a fold model's prosody term to each window "
                         "(the agent's model.prosody: true; off by default, as in the agent)")
+    parser.add_argument("--stats", action="store_true", help="add a fold model's window-statistics term to each "
+                        "window (the agent's model.stats: true; off by default, as in the agent)")
     parser.add_argument("--prior-s", type=float, default=None, help="stream adaptation's prior_s (default: the "
                         "agent's)")
     parser.add_argument("--model", default=None,
@@ -222,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     for corpus, model in folds.items():
         streams = build_and_load(args.manifest, out / "streams" / corpus,
                                  StreamBuildConfig(n=args.n, seed=args.seed, corpora=(corpus,)))
-        engine = LazyEngine(model, engine_config, prosody=args.prosody)
+        engine = LazyEngine(model, engine_config, prosody=args.prosody, stats=args.stats)
         if not args.no_centring and engine.centring_reference is None:
             log.warning("%s: no speaker_norm reference: scored without stream adaptation", model)
         cache = ScoreCache(out / "cache" / corpus)
         for name, (vad, windows) in setups.items():
             config = StreamEvalConfig(engine=engine_config, vad=VadConfig(**vad), windows=WindowConfig(**windows),
-                                      prosody=args.prosody,
+                                      prosody=args.prosody, stats=args.stats,
                                       centring=CentringConfig(enabled=not args.no_centring,
                                                               **({} if args.prior_s is None else
                                                                  {"prior_s": args.prior_s})))

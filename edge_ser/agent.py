@@ -94,7 +94,8 @@ def build_engine(config: AgentConfig) -> Engine:
     prepare_process(config.memory)
     model_dir = config.model.resolved_path()
     check_model(model_dir, config.centring.enabled)
-    engine = make_engine(config.engine, model_dir, config.model.base_dir, prosody=config.model.prosody)
+    engine = make_engine(config.engine, model_dir, config.model.base_dir, prosody=config.model.prosody,
+                         stats=config.model.stats)
     engine.warmup((config.windows.window_s, config.windows.min_window_s))
     return engine
 

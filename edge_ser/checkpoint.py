@@ -5,7 +5,8 @@
                                  metrics, and the sha256 of the weights file
     <folder>/model.safetensors   the trained tensors only: ``norm.*``, ``head.*``, for fine-tuned encoder
                                  layers ``encoder.layers.<i>.*`` (the rest comes from the Whisper base), and
-                                 for a model with a prosody classifier ``prosody.*`` (edge_ser.prosody)
+                                 for a model with a prosody classifier ``prosody.*`` (edge_ser.prosody), for
+                                 one with a window-statistics classifier ``stats.*`` (edge_ser.window_stats)
 
 The runtime is never told separately what the model expects: everything it needs is in ``model.json``.
 """
@@ -25,6 +26,7 @@ from safetensors.numpy import load_file, save_file
 
 from edge_ser.features import FeatureParams
 from edge_ser.prosody import prosody_problem
+from edge_ser.window_stats import stats_problem
 
 FORMAT = "edge-ser-emotion-model/1"
 META_FILE = "model.json"
@@ -62,6 +64,9 @@ class ModelMeta:
     prosody: dict[str, Any] | None = None
     """``{"feature_set": "eGeMAPSv02", "weight": w}`` when the model fuses a prosody classifier (tensors
     ``prosody.*``, edge_ser.prosody) into its scores; null when it does not."""
+    stats: dict[str, Any] | None = None
+    """``{"weight": w}`` when the model fuses a classifier of each window's feature mean and standard deviation
+    (tensors ``stats.*``, edge_ser.window_stats) into its scores; null when it does not."""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
@@ -202,8 +207,10 @@ def _check_types(path: Path, meta: ModelMeta) -> None:
         raise CheckpointError(f"{path}: 'features' {meta.features!r:.120} are not usable: {exc}") from None
     if not all(_is_number(v) and v > 0 for v in meta.window.values()):
         raise CheckpointError(f"{path}: 'window' values must be positive numbers, got {meta.window!r:.120}")
-    if meta.prosody is not None and not isinstance(meta.prosody, dict):
-        raise CheckpointError(f"{path}: 'prosody' must be null or an object, got {meta.prosody!r:.60}")
+    for name in ("prosody", "stats"):
+        value = getattr(meta, name)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{path}: {name!r} must be null or an object, got {value!r:.60}")
     prior = meta.class_log_prior
     if prior is not None and (not isinstance(prior, list) or not all(_is_number(v) for v in prior)):
         raise CheckpointError(f"{path}: 'class_log_prior' must be null or a list of numbers, got {prior!r:.60}")
@@ -265,10 +272,10 @@ def _check_tensors(path: Path, meta: ModelMeta, tensors: dict[str, np.ndarray]) 
     if meta.speaker_norm is not None and len(meta.speaker_norm["reference"]) != width:
         raise CheckpointError(f"{path}: speaker_norm.reference has {len(meta.speaker_norm['reference'])} values; "
                               f"expected one per feature the head reads, {width}")
-    if meta.prosody is not None:
-        problem = prosody_problem(meta.prosody, tensors, n_classes)
-        if problem:
-            raise CheckpointError(f"{path}: {problem}")
+    problem = ((meta.prosody is not None and prosody_problem(meta.prosody, tensors, n_classes))
+               or (meta.stats is not None and stats_problem(meta.stats, tensors, n_classes, width)))
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     for name, value in tensors.items():
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")

@@ -38,8 +38,10 @@ from edge_ser.checkpoint import (
     mix_layers_problem,
 )
 from edge_ser.ct2_format import LAYER_MAP, read_model
-from edge_ser.prosody import without_prosody
+from edge_ser.linear_probe import without_probes
+from edge_ser.prosody import ProsodyHead
 from edge_ser.whisper_base import resolve_base
+from edge_ser.window_stats import StatsHead
 
 D_MODEL = 512
 N_HEADS = 8
@@ -162,6 +164,7 @@ class EmotionHead(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.input_dropout = nn.Dropout(config.input_dropout)
         self.attention = nn.Linear(config.hidden, 1) if config.type == "attentive" else None
+        self.stats: StatsTerm | None = None  # a fitted window-statistics classifier (edge_ser.window_stats)
 
     def frame_outputs(
         self, x: torch.Tensor, valid: torch.Tensor
@@ -170,6 +173,8 @@ class EmotionHead(nn.Module):
         valid frames, and the hidden activations (B, F, hidden) that the domain-adversarial head reads."""
         hidden = self.dropout(F.gelu(self.fc1(self.input_dropout(x)), approximate="tanh"))
         frame_logits = self.fc2(hidden)
+        if self.stats is not None:
+            frame_logits = frame_logits + self.stats(x, valid)[:, None, :]
         if self.attention is None:
             weights = valid.float() / valid.float().sum(dim=1, keepdim=True).clamp(min=1.0)
         else:
@@ -181,6 +186,28 @@ class EmotionHead(nn.Module):
         """x (B, F, D), valid (B, F) bool -> (frame logits (B, F, C), clip logits (B, C))."""
         frame_logits, weights, _ = self.frame_outputs(x, valid)
         return frame_logits, torch.einsum("bf,bfc->bc", weights, frame_logits)
+
+
+class StatsTerm(nn.Module):
+    """``edge_ser.window_stats.StatsHead`` in torch: the fused log-probabilities of each window's feature mean
+    and standard deviation over its valid frames, (B, C). Fitted, not trained: its tensors are buffers outside
+    the state dict."""
+
+    def __init__(self, head: StatsHead) -> None:
+        super().__init__()
+        for name in ("mean", "scale", "weight", "bias"):
+            self.register_buffer(name, torch.from_numpy(np.array(getattr(head, name), dtype=np.float32)),
+                                 persistent=False)
+        self.fusion_weight = head.fusion_weight
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        w = valid.to(x.dtype)[..., None]
+        count = w.sum(dim=1).clamp(min=1.0)
+        mean = (x * w).sum(dim=1) / count
+        std = (((x - mean[:, None, :]) ** 2 * w).sum(dim=1) / count).sqrt()
+        z = (torch.cat([mean, std], dim=-1)[:, None, :] - self.mean) / self.scale  # (B, K, F)
+        logits = torch.einsum("bkf,kcf->bkc", z, self.weight) + self.bias
+        return self.fusion_weight * torch.log_softmax(logits, dim=-1).mean(dim=1)
 
 
 class EmotionModel(nn.Module):
@@ -265,7 +292,8 @@ def model_from_checkpoint(
                        head_width(meta.mix_layers, meta.layer_join, D_MODEL))
     model = EmotionModel(encoder, norm, head, meta.mix_layers, meta.layer_join)
     state = model.state_dict()
-    tensors = without_prosody(tensors)  # scored outside the model, from the samples (edge_ser.prosody)
+    raw = tensors
+    tensors = without_probes(tensors, ProsodyHead, StatsHead)  # prosody: scored outside, from the samples
     unknown = sorted(set(tensors) - set(state))
     if unknown:
         raise CheckpointError(f"checkpoint {meta.model_id}: tensors {unknown} do not belong to this model")
@@ -276,6 +304,10 @@ def model_from_checkpoint(
                 f"the model expects {tuple(state[name].shape)}"
             )
     model.load_state_dict({name: torch.from_numpy(np.array(v)) for name, v in tensors.items()}, strict=False)
+    if meta.stats is not None:
+        blocks = head.fc1.in_features // D_MODEL
+        gamma, beta = (np.tile(raw[f"norm.{n}"].astype(np.float32), blocks) for n in ("weight", "bias"))
+        head.stats = StatsTerm(StatsHead.from_tensors(meta.stats, raw).in_feature_space(gamma, beta))
     if meta.class_log_prior is not None:
         model.log_prior.copy_(torch.tensor(meta.class_log_prior, dtype=torch.float32))
     return model.eval()

@@ -19,12 +19,13 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from edge_ser.linear_probe import LinearProbe, tensors_problem, weight_problem
 from edge_ser.types import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
 
 FEATURE_SET = "eGeMAPSv02"
 N_FUNCTIONALS = 88
-TENSORS = ("prosody.mean", "prosody.scale", "prosody.weight", "prosody.bias")
-
-
-def without_prosody(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A checkpoint's tensors less the prosody classifier's (what the encoder model itself is built from)."""
-    return {name: value for name, value in tensors.items() if name not in TENSORS}
-
-
-class ProsodyError(ValueError):
-    """A prosody classifier's metadata or tensors are inconsistent; the message names the problem."""
 
 
 class Functionals:
@@ -69,58 +60,14 @@ class Functionals:
         return row[0].astype(np.float32)
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+class ProsodyHead(LinearProbe):
+    """K standardise-then-logistic-regression classifiers on the functionals, and the fusion weight;
+    ``fit``: ``{"c": C, "trim_db": dB or None}``."""
 
-
-@dataclass(frozen=True)
-class ProsodyHead:
-    """K standardise-then-logistic-regression classifiers on the functionals, and the fusion weight."""
-
-    mean: np.ndarray  # (K, F)
-    scale: np.ndarray  # (K, F)
-    weight: np.ndarray  # (K, C, F)
-    bias: np.ndarray  # (K, C)
-    fusion_weight: float
-    fit: dict[str, Any] | None = None
-    """How it was fitted, for the record (``{"c": C, "trim_db": dB or None}``); None when not known."""
-
-    def log_probs(self, functionals: np.ndarray) -> np.ndarray:
-        """(N, C) class log-probabilities of (N, F) functionals, averaged over the members. A functional that
-        is NaN (a window too short to measure) reads as the training mean."""
-        z = np.nan_to_num((functionals[:, None, :] - self.mean) / self.scale, nan=0.0)  # (N, K, F)
-        logits = np.einsum("nkf,kcf->nkc", z, self.weight) + self.bias
-        return log_softmax(logits).mean(axis=1).astype(np.float32)
-
-    def logit_bias(self, functionals: np.ndarray) -> np.ndarray:
-        """(N, C) what is added to each window's clip logits: ``fusion_weight`` x the log-probabilities."""
-        return (self.fusion_weight * self.log_probs(functionals)).astype(np.float32)
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return dict(zip(TENSORS, (self.mean, self.scale, self.weight, self.bias), strict=True))
+    prefix: ClassVar[str] = "prosody"
 
     def meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"feature_set": FEATURE_SET, "weight": self.fusion_weight}
-        return meta if self.fit is None else {**meta, "fit": dict(self.fit)}
-
-    @classmethod
-    def from_tensors(cls, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ProsodyHead:
-        return cls(*(np.asarray(tensors[name], dtype=np.float32) for name in TENSORS),
-                   fusion_weight=float(meta["weight"]), fit=meta.get("fit"))
-
-    @classmethod
-    def merge(cls, heads: Sequence[ProsodyHead]) -> ProsodyHead:
-        """One head whose log-probabilities are the mean of ``heads``' (all with the same fusion weight and
-        fitting recipe)."""
-        weights = {head.fusion_weight for head in heads}
-        if len(weights) != 1:
-            raise ProsodyError(f"cannot merge prosody classifiers with different fusion weights {sorted(weights)}")
-        fits = [head.fit for head in heads]
-        if any(fit != fits[0] for fit in fits):
-            raise ProsodyError(f"cannot merge prosody classifiers fitted differently: {fits}")
-        return cls(*(np.concatenate([getattr(h, name) for h in heads]) for name in ("mean", "scale", "weight", "bias")),
-                   fusion_weight=weights.pop(), fit=fits[0])
+        return {"feature_set": FEATURE_SET, **super().meta()}
 
 
 def prosody_problem(meta: Any, tensors: dict[str, np.ndarray], n_classes: int) -> str | None:
@@ -132,22 +79,8 @@ def prosody_problem(meta: Any, tensors: dict[str, np.ndarray], n_classes: int) -
         return fit_problem
     if meta["feature_set"] != FEATURE_SET:
         return f"prosody.feature_set {meta['feature_set']!r:.40}: only {FEATURE_SET!r} is known"
-    weight = meta["weight"]
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 10:
-        return f"prosody.weight must be a number in 0..10, got {weight!r:.40}"
-    missing = [name for name in TENSORS if name not in tensors]
-    if missing:
-        return f"missing tensors {missing}"
-    members = tensors["prosody.mean"].shape[0] if tensors["prosody.mean"].ndim == 2 else -1
-    shapes = {"prosody.mean": (members, N_FUNCTIONALS), "prosody.scale": (members, N_FUNCTIONALS),
-              "prosody.weight": (members, n_classes, N_FUNCTIONALS), "prosody.bias": (members, n_classes)}
-    for name, shape in shapes.items():
-        if tuple(tensors[name].shape) != shape or members < 1:
-            return (f"tensor {name!r} has shape {tuple(tensors[name].shape)}; expected {shape} ({n_classes} labels, "
-                    f"{N_FUNCTIONALS} functionals)")
-    if np.any(tensors["prosody.scale"] <= 0):
-        return "tensor 'prosody.scale' must be positive"
-    return None
+    return weight_problem("prosody", meta["weight"]) or tensors_problem(ProsodyHead, tensors, n_classes,
+                                                                         N_FUNCTIONALS, "functionals")
 
 
 def _fit_problem(fit: Any) -> str | None:

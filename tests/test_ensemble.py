@@ -13,6 +13,8 @@ from realdata import real_windows
 
 from edge_ser.backends.base import FrameScores
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_ser.linear_probe import without_probes
+from edge_ser.window_stats import StatsHead
 from trainer.ensemble import average_weights, main, merge_heads
 
 pytest.importorskip("torch")
@@ -87,7 +89,8 @@ def side_by_side(folder: Path, seed: int) -> Path:
                "head.fc1.weight": rng.normal(0, 0.05, (hidden, 2 * d_model))}
     meta.model_id, meta.mix_layers, meta.layer_join = f"concat-{seed}", [2, 3], "concat"
     meta.speaker_norm = None  # the shipped reference holds one block's means; this model reads two blocks
-    return save_checkpoint(folder, meta, tensors)
+    meta.stats = None  # so does the window-statistics classifier
+    return save_checkpoint(folder, meta, without_probes(tensors, StatsHead))
 
 
 def test_heads_reading_blocks_side_by_side_merge_exactly(tmp_path: Path) -> None:
@@ -115,12 +118,24 @@ def merged_is_the_mean(members: list[Path], merged: Path, mels: list[np.ndarray]
     return each
 
 
-def on_block(source: Path, folder: Path, block: int) -> Path:
+def on_block(source: Path, folder: Path, block: int, stats: bool = False) -> Path:
     """``source``'s norm and head on encoder block ``block`` (``encoder_layers``), without stream centring (its
-    reference belongs to one block), as a run reading that block would be."""
+    reference belongs to one block) and, unless ``stats``, without its window-statistics classifier (fitted on
+    one block's features), as a run reading that block would be."""
     meta, tensors = load_checkpoint(source)
     meta.encoder_layers, meta.model_id, meta.speaker_norm = block, f"block{block}-{folder.name}", None
+    if not stats:
+        meta.stats, tensors = None, without_probes(tensors, StatsHead)
     return save_checkpoint(folder, meta, tensors)
+
+
+def test_window_statistics_classifiers_on_different_blocks_are_refused(tmp_path: Path) -> None:
+    """Each member's classifier reads its own block's features; a merge reading several blocks has none to give
+    it, so it is refused by name."""
+    assert load_checkpoint(MODEL)[0].stats is not None
+    members = [MODEL, on_block(MODEL, tmp_path / "b2", 2, stats=True)]
+    assert main([*map(str, members), "--out", str(tmp_path / "ens")]) == 2
+    assert not (tmp_path / "ens").exists()
 
 
 def test_heads_on_different_blocks_merge_into_one_reading_them_side_by_side(tmp_path: Path) -> None:

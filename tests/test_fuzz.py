@@ -202,7 +202,7 @@ def _load_config_text(text: str) -> None:
 
 
 META_FIELDS = ["model_id", "labels", "encoder_layers", "head", "features", "finetuned_layers", "base",
-               "class_log_prior", "window", "training", "metrics", "weights_sha256", "format", "prosody"]
+               "class_log_prior", "window", "training", "metrics", "weights_sha256", "format", "prosody", "stats"]
 
 
 @pytest.fixture(scope="module")

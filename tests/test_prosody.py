@@ -13,14 +13,13 @@ from edge_ser.audio import load_audio
 from edge_ser.backends.base import FrameScores
 from edge_ser.checkpoint import CheckpointError, ModelMeta, load_checkpoint, save_checkpoint
 from edge_ser.features import DEFAULT_PARAMS, trim_quiet_edges
+from edge_ser.linear_probe import ProbeError, log_softmax
 from edge_ser.prosody import (
     N_FUNCTIONALS,
     Functionals,
-    ProsodyError,
     ProsodyHead,
     ProsodyScorer,
     load_prosody,
-    log_softmax,
 )
 from edge_ser.types import EMOTIONS
 from trainer.prosody import fit_prosody
@@ -79,7 +78,7 @@ def test_fit_in_the_binary_case_and_refusals() -> None:
     assert fit_prosody(x, targets, np.ones(200, np.float32), 1.0, 1.0).weight.shape == (1, 4, N_FUNCTIONALS)
     with pytest.raises(ValueError, match="1 class"):
         fit_prosody(x, np.eye(4, dtype=np.float32)[np.zeros(200, int)], np.ones(200, np.float32), 1.0, 1.0)
-    with pytest.raises(ValueError, match="200 functionals, 199 targets"):
+    with pytest.raises(ValueError, match="prosody: 200 feature rows, 199 targets"):
         fit_prosody(x, targets[1:], np.ones(200, np.float32), 1.0, 1.0)
 
 
@@ -89,9 +88,9 @@ def test_merged_members_average_their_log_probabilities() -> None:
     merged = ProsodyHead.merge([a, b])
     assert merged.weight.shape == (2, 8, N_FUNCTIONALS)
     np.testing.assert_allclose(merged.log_probs(x), (a.log_probs(x) + b.log_probs(x)) / 2, atol=1e-5)
-    with pytest.raises(ProsodyError, match=r"different fusion weights \[0.3, 0.5\]"):
+    with pytest.raises(ProbeError, match=r"different fusion weights \[0.3, 0.5\]"):
         ProsodyHead.merge([a, _head(2, fusion=0.5)])
-    with pytest.raises(ProsodyError, match="fitted differently"):
+    with pytest.raises(ProbeError, match="fitted differently"):
         ProsodyHead.merge([a, replace(b, fit={"c": 1.0, "trim_db": 40.0})])
 
 

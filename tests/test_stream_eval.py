@@ -127,6 +127,25 @@ def test_the_prosody_term_is_off_as_in_the_agent_and_part_of_the_cache_key_when_
         assert (report["cache"]["hits"], report["cache"]["misses"]) == (hits, misses)
 
 
+@needs_data
+@needs_model
+def test_the_window_statistics_term_is_off_as_in_the_agent_and_part_of_the_cache_key_when_on(
+        first_run: dict[str, Any]) -> None:
+    """The shipped model has a window-statistics classifier; stream scoring leaves its term off, as the agent
+    does, and ``--stats`` (or the agent YAML's ``model.stats``) scores every window and clip again with it."""
+    root = first_run["root"]
+    assert first_run["report"]["config"]["stats"] is False
+    agent_yaml = root / "agent-stats.yaml"
+    agent_yaml.write_text("model:\n  stats: true\n")
+    for name, extra, hits, misses in (("stats.json", ["--stats"], 0, 4),
+                                      ("stats-again.json", ["--agent-config", str(agent_yaml)], 4, 0)):
+        out = root / name
+        assert eval_main([*first_run["argv"], "--out", str(out), *extra]) == 0
+        report = json.loads(out.read_text())
+        assert report["config"]["stats"] is True
+        assert (report["cache"]["hits"], report["cache"]["misses"]) == (hits, misses)
+
+
 def test_stages_tick_gaps_through_silence_and_window_speech_in_pipeline_order() -> None:
     """Pure ordering check on tiny synthetic audio: 2 s of silence (gap ticks every 0.5 s, no windows)."""
     events, windows, end_t = stream_eval.run_stages("s", np.zeros(2 * SAMPLE_RATE, np.float32), VadConfig(),

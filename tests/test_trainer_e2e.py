@@ -621,3 +621,75 @@ def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(wor
     first_mean = load_checkpoint(out / "fold-casia" / "model")[1]["prosody.mean"]
     assert loco_main([*args, "--rescore", "--set", "prosody.enabled=true", "--set", "prosody.fit_trim_db=null"]) == 0
     assert not np.allclose(load_checkpoint(out / "fold-casia" / "model")[1]["prosody.mean"], first_mean, rtol=1e-3)
+
+
+def test_a_window_statistics_classifier_is_fitted_fused_and_scored_alike_on_every_path(
+        workspace: dict[str, Path]) -> None:
+    """``stats.enabled`` fits the classifier into the model; its term is what the cached statistics give; the
+    cached LOCO path, the decoded ``edge-ser-eval`` path, the torch engine and the CTranslate2 engine agree;
+    a merge keeps it (its members' LayerNorms folded); ``trainer.window_stats`` and ``trainer.loco --rescore``
+    add it to models trained without it."""
+    from realdata import real_windows
+
+    from edge_ser.backends.ct2_backend import Ct2Engine
+    from edge_ser.backends.torch_backend import TorchEngine
+    from edge_ser.window_stats import StatsHead
+    from trainer.ensemble import main as ensemble_main
+    from trainer.loco import main as loco_main
+    from trainer.window_stats import main as stats_main
+
+    overrides, model, meta = _train_tiny_with(workspace, "stats", "stats.enabled=true")
+    model_dir = workspace["root"] / "stats" / "model"
+    assert meta.stats == {"weight": 0.3, "fit": {"c": 3.0}}
+    _, tensors = load_checkpoint(model_dir)
+    assert tensors["stats.weight"].shape == (1, 8, 1024)
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", overrides)
+    data = prepare(config, workspace["manifest"])
+    rows = data.usable
+    plain, _ = build_model_from_checkpoint(workspace["run"] / "model")  # the same encoder, another head
+    stats_model, _ = build_model_from_checkpoint(model_dir)
+    assert stats_model.head.stats is not None
+    stats_model.head.stats = None
+    cached = predict_cached(model, data.cache.views[0], rows, 3)
+    term = cached - predict_cached(stats_model, data.cache.views[0], rows, 3)
+    expected = StatsHead.from_tensors(meta.stats, tensors).logit_bias(data.window_statistics()[rows])
+    assert np.abs(expected).max() > 0.05
+    np.testing.assert_allclose(term, expected, atol=2e-3)
+    clips = [data.manifest.clips[i] for i in rows]
+    decoded, problems = predict_clips(model, clips)
+    assert not problems and np.allclose(decoded, cached, atol=0.05)
+    windows = real_windows(3)
+    torch_probs = np.stack([s.clip_probs() for s in TorchEngine(model_dir).infer(windows)])
+    ct2_probs = np.stack([s.clip_probs() for s in Ct2Engine(model_dir, compute_type="float32").infer(windows)])
+    assert np.abs(ct2_probs - torch_probs).max() < 1e-3
+    # a merge keeps every member's classifier; a member without one is refused by name
+    merged = workspace["root"] / "stats-merged"
+    assert ensemble_main([str(model_dir), str(model_dir), "--out", str(merged)]) == 0
+    merged_model, merged_meta = build_model_from_checkpoint(merged)
+    assert merged_meta.stats == meta.stats
+    np.testing.assert_allclose(predict_cached(merged_model, data.cache.views[0], rows, 3), cached, atol=1e-3)
+    merged_probs = np.stack([s.clip_probs() for s in Ct2Engine(merged, compute_type="float32").infer(windows)])
+    assert np.abs(merged_probs - torch_probs).max() < 1e-3
+    assert ensemble_main([str(model_dir), str(workspace["run"] / "model"), "--out", str(merged) + "-bad"]) == 2
+    # the command adds one to a model trained without it, fitted on every training clip's statistics
+    added = workspace["root"] / "stats-added"
+    shutil.copytree(workspace["run"] / "model", added)
+    assert stats_main(["--model", str(added), "--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest",
+                       str(workspace["manifest"]), *[x for o in overrides for x in ("--set", o)]]) == 0
+    added_meta, added_tensors = load_checkpoint(added)
+    assert added_meta.stats == meta.stats
+    np.testing.assert_allclose(added_tensors["stats.mean"][0],
+                               data.window_statistics()[training_indices(config, data)].mean(axis=0), atol=1e-4)
+    assert not np.allclose(predict_cached(build_model_from_checkpoint(added)[0], data.cache.views[0], rows, 3),
+                           predict_cached(plain, data.cache.views[0], rows, 3), atol=1e-3)
+    # a LOCO run trained without it gets one per fold when rescored with it
+    out = workspace["root"] / "loco-stats"
+    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+            "--out", str(out), "--folds", "casia", *TINY, *[x for o in overrides[:2] for x in ("--set", o)]]
+    assert loco_main(args) == 0
+    assert load_checkpoint(out / "fold-casia" / "model")[0].stats is None
+    assert loco_main([*args, "--rescore", "--set", "stats.enabled=true"]) == 0
+    fold_meta, _ = load_checkpoint(out / "fold-casia" / "model")
+    assert fold_meta.stats == meta.stats and "casia" not in fold_meta.training["corpora"]
+    summary = json.loads((out / "summary.rescored.json").read_text())
+    assert summary["folds"][0]["4class"]["n"] > 0

@@ -73,6 +73,19 @@ def _prosody_bullet(prosody: dict[str, Any], members: int) -> str:
             "`pip install 'edge-ser[prosody]'`.")
 
 
+def _stats_bullet(stats: dict[str, Any], members: int) -> str:
+    """The model's window-statistics classifier (edge_ser/window_stats.py) of ``members`` members, in one
+    sentence."""
+    fitted = ("a multinomial logistic regression" if members == 1 else
+              f"{members} multinomial logistic regressions (their log-probabilities averaged)")
+    fit = stats.get("fit") or {}
+    regularised = f" (C = {fit['c']:g})" if "c" in fit else ""
+    return (f"* Window statistics: {fitted} on each window's per-feature mean and standard deviation of the "
+            f"head's standardised input, fitted{regularised} on the training clips with the loss's class and "
+            f"corpus weights; its log-probabilities x {stats['weight']:g} are added to every frame logit of the "
+            "window (`edge_ser.window_stats`), on every engine, the agent included.")
+
+
 def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sources: Path) -> str:
     meta, tensors = load_checkpoint(model_dir)
     training = meta.training
@@ -124,6 +137,7 @@ def render(model_dir: Path, loco: dict[str, Any] | None, train_command: str, sou
                 if meta.speaker_norm["trained"] else "The head was trained without it (added by "
                 "`python -m trainer.speaker_norm`); `centring.enabled: false` scores it as trained.")]),
         *([] if meta.prosody is None else [_prosody_bullet(meta.prosody, tensors["prosody.weight"].shape[0])]),
+        *([] if meta.stats is None else [_stats_bullet(meta.stats, tensors["stats.weight"].shape[0])]),
         f"* Weights: `model.safetensors`, sha256 `{meta.weights_sha256}`.",
         "",
         "## Training data",

@@ -55,6 +55,22 @@ class BalanceSettings(BaseModel):
                                    "inference (post-hoc logit adjustment; use with class_power 0).")
 
 
+class StatsSettings(BaseModel):
+    """The window-statistics classifier fused with the encoder head (edge_ser/window_stats.py,
+    trainer/window_stats.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="After training, fit a logistic regression on the training clips' "
+                          "per-feature mean and standard deviation of the head's (standardised) input features "
+                          "(same class and corpus loss weights) and store it in the model: its log-probabilities "
+                          "times weight are added to every frame logit of a window. Needs the frame cache.")
+    weight: float = Field(0.3, ge=0, le=10, description="Fusion weight of the window-statistics log-probabilities. "
+                          "0.3 (with c 3 and prosody at 0.7) was the best of a grid over the weight (0-0.7), c "
+                          "(0.3, 1, 3) and the prosody weight, scored on the recipe's seeds 0 and 1 (LOCO); the "
+                          "plateau from 0.2 to 0.4 is within 0.002 (docs/ablations.md, stop 32).")
+    c: float = Field(3.0, gt=0, description="Inverse L2 strength of the logistic regression (scikit-learn's C).")
+
+
 class ProsodySettings(BaseModel):
     """The prosody classifier fused with the encoder head (edge_ser/prosody.py, trainer/prosody.py)."""
 
@@ -172,6 +188,8 @@ class TrainConfig(BaseModel):
     balance: BalanceSettings = Field(default_factory=BalanceSettings, description="Loss balancing.")
     prosody: ProsodySettings = Field(default_factory=ProsodySettings, description="A prosody classifier fused "
                                      "with the head.")
+    stats: StatsSettings = Field(default_factory=StatsSettings, description="A window-statistics classifier fused "
+                                 "with the head.")
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each corpus's speakers held out for dev.")
     dev_min_speakers: int = Field(4, ge=2, description="Corpora with fewer speakers get no dev speakers.")
     epochs: int = Field(30, ge=1, description="Most epochs (also the length of the cosine schedule).")

@@ -19,8 +19,10 @@ Members may read different encoder blocks (a head on block 2, ``encoder_layers: 
 merged model then runs the encoder to the deepest of them and reads every block any member reads side by
 side (``mix_layers`` = their union, ``layer_join: concat``), each member's ``fc1`` taking zeros for the blocks
 it does not read. Members with prosody classifiers (edge_ser/prosody.py) keep them side by side: the merged
-model's prosody term averages their log-probabilities. Members must agree on labels, base, features, class
-prior and prosody fusion weight (all or none with a prosody classifier), have a ``frame`` head, no
+model's prosody term averages their log-probabilities; so do window-statistics classifiers
+(edge_ser/window_stats.py), kept in the LayerNorm's unscaled space that the folding does not change. Members
+must agree on labels, base, features, class prior and the fusion weights (all or none with a prosody
+classifier, all or none with a window-statistics classifier), have a ``frame`` head, no
 fine-tuned encoder layers and no learned layer mix; anything else is refused with the member and the
 difference named.
 """
@@ -33,6 +35,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,12 +47,15 @@ from edge_ser.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from edge_ser.linear_probe import LinearProbe
 from edge_ser.prosody import ProsodyHead
+from edge_ser.window_stats import StatsHead
 
 log = logging.getLogger(__name__)
 
 Member = tuple[ModelMeta, dict[str, np.ndarray]]
-_SHARED_FIELDS = ("labels", "features", "base", "class_log_prior", "speaker_norm", "prosody")
+P = TypeVar("P", bound=LinearProbe)
+_SHARED_FIELDS = ("labels", "features", "base", "class_log_prior", "speaker_norm", "prosody", "stats")
 
 
 def _check_members(members: Sequence[Member], names: Sequence[str]) -> None:
@@ -90,6 +96,10 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
         raise CheckpointError(f"the members read encoder blocks {union} between them and carry a stream centring "
                               "reference (speaker_norm), which belongs to one block's features: merge members "
                               "trained without it, or members that read the same block")
+    if members[0][0].stats is not None and any(list(blocks_read(meta)) != union for meta, _ in members):
+        raise CheckpointError(f"the members read encoder blocks {union} between them and carry window-statistics "
+                              "classifiers, each fitted on its own blocks' features: merge members that read the "
+                              "same blocks, or members without them")
     d_model = members[0][1]["norm.weight"].shape[0]
     fc1_w, fc1_b, fc2_w = [], [], []
     for meta, t in members:
@@ -120,9 +130,11 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
                     "dev_ua": _dev_ua(m), "blocks": list(blocks_read(m)), "source": name}
                    for (m, _), name in zip(members, names, strict=True)]
     dev = [_dev_ua(m) for m, _ in members]
-    prosody = _merged_prosody(members)
-    if prosody is not None:
-        tensors |= prosody.tensors()
+    prosody = _merged_probe(members, ProsodyHead)
+    stats = _merged_probe(members, StatsHead)
+    for probe in (prosody, stats):
+        if probe is not None:
+            tensors |= probe.tensors()
     meta = ModelMeta(
         model_id=model_id, labels=list(first.labels), encoder_layers=union[-1],
         mix_layers=union if len(union) > 1 else [], layer_join="concat" if len(union) > 1 else "mix",
@@ -130,16 +142,18 @@ def merge_heads(members: Sequence[Member], model_id: str, names: Sequence[str] |
         base=dict(first.base), class_log_prior=first.class_log_prior, window=dict(first.window),
         speaker_norm=first.speaker_norm, training={**first.training, "ensemble": member_info},
         metrics={"dev_4class_members": dev}, prosody=None if prosody is None else prosody.meta(),
+        stats=None if stats is None else stats.meta(),
     )
     return meta, tensors
 
 
-def _merged_prosody(members: Sequence[Member]) -> ProsodyHead | None:
-    """The members' prosody classifiers side by side (their log-probabilities averaged); None when they have
+def _merged_probe(members: Sequence[Member], probe: type[P]) -> P | None:
+    """The members' ``probe`` classifiers side by side (their log-probabilities averaged); None when they have
     none (``_check_members`` has made sure that all or none have one, with one fusion weight)."""
-    if members[0][0].prosody is None:
+    field = probe.prefix
+    if getattr(members[0][0], field) is None:
         return None
-    return ProsodyHead.merge([ProsodyHead.from_tensors(meta.prosody, t) for meta, t in members])
+    return probe.merge([probe.from_tensors(getattr(meta, field), t) for meta, t in members])
 
 
 def average_weights(members: Sequence[Member], model_id: str, names: Sequence[str] | None = None) -> Member:
@@ -168,6 +182,7 @@ def average_weights(members: Sequence[Member], model_id: str, names: Sequence[st
         class_log_prior=first_meta.class_log_prior, window=dict(first_meta.window),
         speaker_norm=first_meta.speaker_norm, training={**first_meta.training, "weight_average": member_info},
         metrics={"dev_4class_members": [_dev_ua(m) for m, _ in members]}, prosody=first_meta.prosody,
+        stats=first_meta.stats,
     )
     return meta, averaged
 

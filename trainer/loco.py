@@ -16,7 +16,8 @@ With ``prosody.enabled`` each fold model carries a prosody classifier fitted on 
 (trainer/prosody.py), and the held-out logits include its term (``test_logits.npy`` too); ``--rescore``
 with it fits each fold model's classifier by the recipe given (replacing one fitted before, so that the
 recipe's ``prosody`` settings are the ones scored). A merged run keeps its members' classifiers: fit them
-into the members first, then merge again.
+into the members first, then merge again. ``stats.enabled`` does the same for the window-statistics
+classifier (trainer/window_stats.py), whose term the model itself adds to its frame logits.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_ser.checkpoint import ModelMeta
+from edge_ser.checkpoint import ModelMeta, read_meta
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.data import Clip, ManifestError
 from trainer.evaluate import build_model_from_checkpoint, predict_cached, predict_clips, report, write_report
@@ -191,16 +192,20 @@ def rescore_fold(config: TrainConfig, data: RunData, corpus: str, out: Path, fra
     """Score an existing fold's checkpoint on its held-out corpus again (no training; also a merged ensemble's
     folds, ``trainer.ensemble``, whose dev UA is the mean of its members'); ``centring``: how held-out speakers
     are centred (``test_offsets``)."""
-    model, meta = build_model_from_checkpoint(out / "model", config.base_dir)
     test_idx = [i for i in data.usable if data.manifest.clips[i].corpus == corpus]
     if data.cache is None:
         raise ValueError("--rescore needs the cache (cache: true)")
-    if config.prosody.enabled and (out / "metrics.json").is_file():  # a training run's fold: fitted by this recipe
-        data.add_prosody(config, out / "model", trained_split(out, data))
-        log.info("fold %s: prosody classifier fitted into %s", corpus, out / "model")
-    elif config.prosody.enabled and meta.prosody is None:
-        raise ValueError(f"{out / 'model'}: a merged model without a prosody classifier; add one to its "
-                         "members (--rescore with prosody.enabled) and merge them again")
+    trained = (out / "metrics.json").is_file()  # a training run's fold: its classifiers are fitted by this recipe
+    present = read_meta(out / "model")
+    for kind, enabled, add in (("prosody", config.prosody.enabled, data.add_prosody),
+                               ("stats", config.stats.enabled, data.add_stats)):
+        if enabled and trained:
+            add(config, out / "model", trained_split(out, data))
+            log.info("fold %s: %s classifier fitted into %s", corpus, kind, out / "model")
+        elif enabled and getattr(present, kind) is None:
+            raise ValueError(f"{out / 'model'}: a merged model without a {kind} classifier; add one to its "
+                             f"members (--rescore with {kind}.enabled) and merge them again")
+    model, meta = build_model_from_checkpoint(out / "model", config.base_dir)
     offsets, history = test_offsets(data, meta, test_idx, corpus, centring)
     prosody_term = data.prosody_bias(config, out / "model", test_idx)
     logits = predict_cached(model, data.cache.views[0], test_idx, config.frozen_layers, frame_mean=frame_mean,

@@ -26,17 +26,16 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ser.audio import AudioError, load_audio
-from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_ser.checkpoint import CheckpointError
 from edge_ser.features import trim_quiet_edges
 from edge_ser.prosody import FEATURE_SET, N_FUNCTIONALS, Functionals, ProsodyHead
 from edge_ser.types import SAMPLE_RATE
 from trainer.data import Manifest, crop
+from trainer.linear_probe import fit_linear_probe
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-ABSENT_MARGIN = 10.0
-"""A class without training clips gets a bias this far under the lowest fitted one (about e^-10 as likely)."""
 _CHUNK = 64
 _SAVE_EVERY = 1000
 """Clips between saves of the functionals cache, so an interrupted extraction resumes where it stopped."""
@@ -118,48 +117,10 @@ def _save(path: Path, values: np.ndarray, done: np.ndarray) -> None:
 
 def fit_prosody(functionals: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: float,
                 fusion_weight: float, trim_db: float | None = None) -> ProsodyHead:
-    """Standardise the (N, 88) functionals and fit a multinomial logistic regression to each target's top
-    class with the loss weights ``weights``. Classes without training clips get a bias ``ABSENT_MARGIN``
-    under the lowest fitted one. ``trim_db``: the quiet-edge cut the functionals were taken after, recorded
-    in the head's ``fit``."""
-    from sklearn.linear_model import LogisticRegression
-
-    if len(functionals) != len(targets) or len(targets) != len(weights):
-        raise ValueError(f"fit_prosody: {len(functionals)} functionals, {len(targets)} targets, "
-                         f"{len(weights)} weights")
-    finite = np.isfinite(functionals).all(axis=1)
-    x, top, w = functionals[finite], targets[finite].argmax(axis=1), weights[finite]
-    present = np.unique(top)
-    if len(present) < 2:
-        raise ValueError(f"fit_prosody: the training clips have {len(present)} class(es); two or more are needed")
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-6, scale, 1.0)
-    regression = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, top, sample_weight=w)
-    coef, intercept = regression.coef_, regression.intercept_
-    if len(present) == 2:  # scikit-learn's binary form: one row, the second class's logit against the first's
-        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
-    n_classes = targets.shape[1]
-    weight = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
-    bias = np.full(n_classes, intercept.min() - ABSENT_MARGIN, dtype=np.float32)
-    weight[regression.classes_], bias[regression.classes_] = coef, intercept
-    log.info("prosody: logistic regression on %d clips, %d classes (%d with NaN functionals left out)",
-             len(x), len(present), int((~finite).sum()))
-    return ProsodyHead(mean[None].astype(np.float32), scale[None].astype(np.float32), weight[None], bias[None],
-                       fusion_weight=fusion_weight, fit={"c": c, "trim_db": trim_db})
-
-
-def attach_prosody(model_dir: str | Path, head: ProsodyHead, classes: Sequence[str], model_id: str | None = None
-                   ) -> None:
-    """Write ``head``, fitted for ``classes``, into the model folder (replacing any earlier one); ``model_id``
-    renames the model (its weights change)."""
-    meta, tensors = load_checkpoint(model_dir)
-    if list(meta.labels) != list(classes):
-        raise CheckpointError(f"{model_dir}: the model's labels {meta.labels} are not the classes the prosody "
-                              f"classifier was fitted for {list(classes)}")
-    meta.prosody = head.meta()
-    meta.model_id = model_id or meta.model_id
-    save_checkpoint(model_dir, meta, {**tensors, **head.tensors()})
+    """The prosody classifier of (N, 88) functionals (``fit_linear_probe``); ``trim_db``: the quiet-edge cut
+    the functionals were taken after, recorded in the head's ``fit``."""
+    return fit_linear_probe(ProsodyHead, functionals, targets, weights, c, fusion_weight,
+                            {"c": c, "trim_db": trim_db})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,8 @@ class StreamEvalConfig(BaseModel):
                                      "agent's (edge_ser.centring); each window centred on all earlier windows.")
     prosody: bool = Field(False, description="Add the model's prosody term (edge_ser.prosody) to each window, as "
                           "the agent's model.prosody does (off by default, as there).")
+    stats: bool = Field(False, description="Add the model's window-statistics term (edge_ser.window_stats) to each "
+                        "window, as the agent's model.stats does (off by default, as there).")
 
 
 # --- streams ------------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class LazyEngine:
     """The configured engine, built on its first call; counts calls and windows for cache checks."""
 
     def __init__(self, model_dir: str | Path, config: Ct2EngineConfig | TorchEngineConfig,
-                 base_dir: str | Path | None = None, prosody: bool = False) -> None:
+                 base_dir: str | Path | None = None, prosody: bool = False, stats: bool = False) -> None:
         self.model_dir = Path(model_dir)
         self.config = config
         self.base_dir = base_dir
@@ -173,6 +175,7 @@ class LazyEngine:
         self.params = FeatureParams(**self.meta.features)
         self.centring_reference = meta_reference(self.meta.speaker_norm)
         self.prosody = prosody and self.meta.prosody is not None  # the model's term is added
+        self.stats = stats and self.meta.stats is not None
         self.calls = 0
         self.windows = 0
         self._engine: Any = None
@@ -182,7 +185,8 @@ class LazyEngine:
         """The engine's scores of ``mels``, with the model's prosody term from their ``samples`` (as the agent's
         batcher adds it)."""
         if self._engine is None:
-            self._engine = make_engine(self.config, self.model_dir, self.base_dir, prosody=self.prosody)
+            self._engine = make_engine(self.config, self.model_dir, self.base_dir, prosody=self.prosody,
+                                       stats=self.stats)
         out: list[FrameScores] = []
         for first in range(0, len(mels), ENGINE_BATCH):
             batch = mels[first:first + ENGINE_BATCH]
@@ -196,7 +200,8 @@ class LazyEngine:
         engine = self.config.model_dump(mode="json", exclude={"intra_threads", "threads"})
         found = {"model_id": self.meta.model_id, "weights_sha256": self.meta.weights_sha256,
                  "features": self.meta.features, "engine": engine}
-        return found if self.meta.prosody is None else {**found, "prosody": self.prosody}
+        found = found if self.meta.prosody is None else {**found, "prosody": self.prosody}
+        return found if self.meta.stats is None else {**found, "stats": self.stats}
 
 
 class ScoreCache:
@@ -637,6 +642,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "adaptation, edge_ser.centring; the agent's default adapts)")
     g.add_argument("--prosody", action="store_true", help="add the model's prosody term to each window (the "
                    "agent's model.prosody; off by default, as there)")
+    g.add_argument("--stats", action="store_true", help="add the model's window-statistics term to each window "
+                   "(the agent's model.stats; off by default, as there)")
     g.add_argument("--cache-dir", default=None,
                    help="engine score cache (default: <out stem>.cache next to --out; 'none' disables it)")
     g.add_argument("--plot", default=None, metavar="DIR", help="write one timeline PNG per stream here")
@@ -652,8 +659,9 @@ def config_from_args(args: argparse.Namespace) -> StreamEvalConfig:
             raise ValueError(f"{args.agent_config}: the top level must be a mapping")
         data = {k: raw[k] for k in ("engine", "vad", "windows", "smoothing", "centring") if k in raw}
         model = raw.get("model")
-        if isinstance(model, dict) and "prosody" in model:
-            data["prosody"] = model["prosody"]
+        for key in ("prosody", "stats"):
+            if isinstance(model, dict) and key in model:
+                data[key] = model[key]
     engine = dict(data.get("engine") or {})
     if args.engine:
         engine = {"type": args.engine}
@@ -686,6 +694,8 @@ def config_from_args(args: argparse.Namespace) -> StreamEvalConfig:
         data["centring"] = {**(data.get("centring") or {}), "enabled": False}
     if args.prosody:
         data["prosody"] = True
+    if args.stats:
+        data["stats"] = True
     try:
         return StreamEvalConfig.model_validate(data)
     except ValidationError as exc:
@@ -706,7 +716,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         else:
             raise ValueError("--streams needs --stream-dir (built streams) or --manifest (to build them)")
         cache_dir = None if args.cache_dir == "none" else Path(args.cache_dir or out.with_name(out.stem + ".cache"))
-        engine = LazyEngine(args.model, config.engine, args.base_dir, config.prosody)
+        engine = LazyEngine(args.model, config.engine, args.base_dir, config.prosody, config.stats)
         report = evaluate_streams(streams, engine, config, ScoreCache(cache_dir), args.plot, not args.quiet)
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)

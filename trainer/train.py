@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from edge_ser.checkpoint import ModelMeta, head_width, load_checkpoint, save_checkpoint
+from edge_ser.checkpoint import ModelMeta, head_width, learns_layer_mix, load_checkpoint, save_checkpoint
 from edge_ser.model import D_MODEL, EmotionHead, EmotionModel, HeadConfig, load_whisper_encoder
 from edge_ser.prosody import load_prosody
 from edge_ser.types import SAMPLE_RATE
@@ -46,13 +46,15 @@ from trainer.data import Clip, Manifest, ManifestError, Problem, load_manifest, 
 from trainer.ensemble import merge_heads
 from trainer.evaluate import predict_cached, predict_clips, report, write_report
 from trainer.labels import LabelError, LabelMap, uniform_smoothing
+from trainer.linear_probe import attach_probe
 from trainer.metrics import truth_index
 from trainer.modules import TrainModule, WeightAverage
 from trainer.plots import plot_training
-from trainer.prosody import attach_prosody, clip_functionals, fit_prosody
+from trainer.prosody import clip_functionals, fit_prosody
 from trainer.regularize import cross_corpus_contrast, mixup, random_crop, speaker_shift, style_partners
 from trainer.speaker_norm import clip_means, speaker_offsets, speaker_table
 from trainer.state import checkpoint_tensors, load_state, save_state, write_metrics
+from trainer.window_stats import clip_statistics, fit_stats
 
 log = logging.getLogger(__name__)
 SNAPSHOT_DIR = "snapshots"
@@ -70,6 +72,8 @@ class RunData:
     functionals: dict[float | None, np.ndarray] = field(default_factory=dict)
     """(clips, 88) eGeMAPS functionals (trainer/prosody.py) by the quiet-edge cut they were taken after, on first
     use."""
+    statistics: np.ndarray | None = None
+    """(clips, 2 * width) window statistics of the cached features (trainer/window_stats.py), on first use."""
 
     def prosody_functionals(self, config: TrainConfig, trim_db: float | None = None) -> np.ndarray:
         """Every usable clip's eGeMAPS functionals (clips, 88), its quiet edges cut first with ``trim_db``;
@@ -107,7 +111,37 @@ class RunData:
         functionals = functionals[np.asarray(train_idx, dtype=np.int64)]
         head = fit_prosody(functionals, targets, weights, config.prosody.c, config.prosody.weight,
                            config.prosody.fit_trim_db)
-        attach_prosody(model_dir, head, self.labels.classes, model_id)
+        attach_probe(model_dir, head, self.labels.classes, model_id)
+
+    def window_statistics(self) -> np.ndarray:
+        """Every usable clip's mean and standard deviation of its standardised view-0 features (clips,
+        2 * width), computed once from the frame cache."""
+        if self.statistics is None:
+            if self.cache is None:
+                raise ValueError("window statistics are read from the frame cache (cache: true)")
+            values = np.full((len(self.manifest), 2 * self.cache.views[0].width), np.nan, dtype=np.float32)
+            values[self.usable] = clip_statistics(self.cache.views[0], self.usable)
+            self.statistics = values
+        return self.statistics
+
+    def check_stats(self, config: TrainConfig) -> None:
+        """Raise when the recipe's window-statistics classifier cannot be fitted (before any training)."""
+        if self.cache is None:
+            raise ValueError("the window-statistics classifier (stats.enabled) needs the frame cache (cache: true)")
+        if learns_layer_mix(config.mix_layers, config.layer_join) or config.normalize == "speaker":
+            raise ValueError("stats.enabled: the window-statistics classifier reads the head's input as the cache "
+                             "holds it, so it cannot serve a learned layer mix or a head trained on speaker-"
+                             "centred features (normalize: speaker)")
+
+    def add_stats(self, config: TrainConfig, model_dir: Path, train_idx: Sequence[int],
+                  model_id: str | None = None) -> None:
+        """Fit the window-statistics classifier on ``train_idx`` (the loss's targets and weights) into
+        ``model_dir`` (renamed ``model_id`` if given)."""
+        self.check_stats(config)
+        targets, weights = self.training_targets(config, train_idx)
+        statistics = self.window_statistics()[np.asarray(train_idx, dtype=np.int64)]
+        head = fit_stats(statistics, targets, weights, config.stats.c, config.stats.weight)
+        attach_probe(model_dir, head, self.labels.classes, model_id)
 
     def speaker_means(self) -> np.ndarray:
         """Every usable clip's mean of its standardised view-0 states (trainer/speaker_norm.py), (clips, width):
@@ -267,6 +301,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    if config.stats.enabled:
+        data.check_stats(config)
     train_idx = np.asarray(train_idx, dtype=np.int64)
     dev_idx = np.asarray(dev_idx, dtype=np.int64)
     train_clips = [clips[i] for i in train_idx]
@@ -488,6 +524,8 @@ def fit(config: TrainConfig, data: RunData, train_idx: Sequence[int], dev_idx: S
             _merge_snapshots(out, snapshots, config)
         if config.prosody.enabled:
             data.add_prosody(config, out / "model", train_idx)
+        if config.stats.enabled:
+            data.add_stats(config, out / "model", train_idx)
     return FitResult(model_dir=out / "model", best_epoch=int(best["epoch"]), dev=best, history=history)
 
 

@@ -60,32 +60,34 @@ EngineConfig = Annotated[Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, 
 
 
 def make_engine(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, model_dir: str | Path,
-                base_dir: str | Path | None = None, prosody: bool = False) -> Engine:
+                base_dir: str | Path | None = None, prosody: bool = False, stats: bool = False) -> Engine:
     """Build the configured backend; its module (and native library) is imported only now. With ``prosody``
     the model's prosody classifier, if it has one, is attached as ``engine.prosody`` (openSMILE needed); the
-    caller adds its term (the agent's batcher, ``edge_ser.batching``)."""
-    engine = _backend(config, model_dir, base_dir)
+    caller adds its term (the agent's batcher, ``edge_ser.batching``). With ``stats`` the engine adds the
+    model's window-statistics term, if it has one (``edge_ser.window_stats``); without, it scores the head
+    alone, as the agent does by default."""
+    engine = _backend(config, model_dir, base_dir, stats)
     engine.prosody = load_prosody(model_dir) if prosody else None
     return engine
 
 
 def _backend(config: Ct2EngineConfig | TorchEngineConfig | TrtEngineConfig, model_dir: str | Path,
-             base_dir: str | Path | None) -> Engine:
+             base_dir: str | Path | None, stats: bool) -> Engine:
     if isinstance(config, TrtEngineConfig):
         from edge_ser.backends.trt_backend import TrtEngine
 
         return TrtEngine(model_dir, base_dir, precision=config.precision, max_batch=config.max_batch,
-                         max_window_s=config.max_window_s)
+                         max_window_s=config.max_window_s, window_stats=stats)
     if isinstance(config, Ct2EngineConfig):
         from edge_ser.backends.ct2_backend import Ct2Engine
 
         return Ct2Engine(model_dir, base_dir, device=config.device, compute_type=config.compute_type,
                          inter_threads=config.inter_threads, intra_threads=config.intra_threads,
                          export_dir=config.export_dir, fallback_compute_type=config.fallback_compute_type,
-                         cpu_isa=config.cpu_isa)
+                         cpu_isa=config.cpu_isa, window_stats=stats)
     from edge_ser.backends.torch_backend import TorchEngine
 
-    return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None)
+    return TorchEngine(model_dir, base_dir, device=config.device, threads=config.threads or None, window_stats=stats)
 
 
 __all__ = ["Ct2EngineConfig", "Engine", "EngineConfig", "FrameScores", "TorchEngineConfig", "TrtEngineConfig",

@@ -4,8 +4,9 @@ An engine takes a batch of log-mel windows of any (even) length and returns, per
 class logits (20 ms frames) and the per-frame pooling weights; turning them into clip probabilities or
 per-second scores happens here, outside the engine, identically for every backend. A model with a prosody
 classifier (``edge_ser.prosody``) reads the window's samples, which the engine never sees: the caller adds
-its term (``Engine.prosody.apply``) to the scores. For a model with a
-``speaker_norm`` reference it also takes each window's stream offset and returns each window's mean of
+its term (``Engine.prosody.apply``) to the scores. A model's window-statistics classifier
+(``edge_ser.window_stats``) reads the features, so the engine adds its term itself, when built to. For a
+model with a ``speaker_norm`` reference it also takes each window's stream offset and returns each window's mean of
 standardised features (``edge_ser.centring``: stream adaptation).
 """
 

@@ -73,7 +73,8 @@ class Ct2Engine(Engine):
 
     def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, device: str = "cpu",
                  compute_type: str = "int8", intra_threads: int = 0, export_dir: str | Path | None = None,
-                 inter_threads: int = 0, fallback_compute_type: str | None = None, cpu_isa: str = "auto") -> None:
+                 inter_threads: int = 0, fallback_compute_type: str | None = None, cpu_isa: str = "auto",
+                 window_stats: bool = True) -> None:
         import ctranslate2
 
         from engines.ct2 import check_export, ensure_ct2_export, export_folders
@@ -99,6 +100,8 @@ class Ct2Engine(Engine):
                          for part in export_folders(folder, meta)]
         self.concurrency = inter
         self.head = NumpyHead(meta, tensors)
+        if not window_stats:  # the model's window-statistics term left out (the agent's model.stats: false)
+            self.head.stats = None
         self.meta = meta
         self.labels = tuple(meta.labels)
         self.model_id = meta.model_id

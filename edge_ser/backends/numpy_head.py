@@ -1,6 +1,7 @@
 """The emotion head (per-frame MLP + pooling weights) in numpy, for engines that run only the encoder
 (CTranslate2 returns the final LayerNorm's output). Mirrors ``edge_ser.model.EmotionHead``; also applies a
-stream's offset and measures the window's mean of standardised features (``edge_ser.centring``)."""
+stream's offset, adds a model's window-statistics term (``edge_ser.window_stats``) and measures the window's
+mean of standardised features (``edge_ser.centring``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from edge_ser.backends.base import FrameScores
 from edge_ser.centring import standardised_mean
 from edge_ser.checkpoint import ModelMeta
+from edge_ser.window_stats import StatsHead, window_statistics
 
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))  # a Python float: keeps float32 arrays in float32 (NEP 50)
 
@@ -47,6 +49,8 @@ class NumpyHead:
         blocks = self.fc1_w.shape[0] // len(tensors["norm.weight"])
         self.gamma = np.tile(tensors["norm.weight"].astype(np.float32), blocks)
         self.beta = np.tile(tensors["norm.bias"].astype(np.float32), blocks)
+        self.stats = (None if meta.stats is None
+                      else StatsHead.from_tensors(meta.stats, tensors).in_feature_space(self.gamma, self.beta))
         self.measure = meta.speaker_norm is not None  # stream adaptation: report each window's feature mean
 
     def __call__(self, features: np.ndarray, offset: np.ndarray | None = None) -> FrameScores:
@@ -56,6 +60,8 @@ class NumpyHead:
             features = features - self.gamma * offset
         hidden = _gelu_tanh(features @ self.fc1_w + self.fc1_b)
         logits = hidden @ self.fc2_w + self.fc2_b - self.log_prior
+        if self.stats is not None:  # the window-statistics term, on every frame (edge_ser.window_stats)
+            logits += self.stats.logit_bias(window_statistics(features)[None])[0]
         if self.att_w is None or self.att_b is None:
             weights = np.full(len(features), 1.0 / len(features), np.float32)
         else:

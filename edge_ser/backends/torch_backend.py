@@ -18,7 +18,7 @@ class TorchEngine(Engine):
     """Runs ``EmotionModel`` (truncated Whisper encoder + head) with torch.inference_mode."""
 
     def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, window_stats: bool = True) -> None:
         try:
             import torch
         except ModuleNotFoundError as exc:
@@ -35,6 +35,8 @@ class TorchEngine(Engine):
         self._torch = torch
         self.device = torch.device(device)
         self.model, self.meta = load_emotion_model(model_dir, base_dir)
+        if not window_stats:  # the model's window-statistics term left out (the agent's model.stats: false)
+            self.model.head.stats = None
         self.model.to(self.device)
         self.labels = tuple(self.meta.labels)
         self.model_id = self.meta.model_id

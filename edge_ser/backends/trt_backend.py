@@ -65,7 +65,7 @@ def frame_scorer(torch: Any, model: Any) -> Any:
 
 
 def engine_fingerprint(torch: Any, torch_tensorrt: Any, model_id: str, weights_sha256: str, precision: str,
-                       max_batch: int, max_frames: int) -> dict[str, str]:
+                       max_batch: int, max_frames: int, window_stats: bool = True) -> dict[str, str]:
     """Everything a compiled engine depends on; any change means it is stale."""
     import tensorrt
 
@@ -75,6 +75,7 @@ def engine_fingerprint(torch: Any, torch_tensorrt: Any, model_id: str, weights_s
         "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
         "tensorrt": tensorrt.__version__, "torch_tensorrt": torch_tensorrt.__version__, "torch": torch.__version__,
         "precision": precision, "max_batch": str(max_batch), "max_frames": str(max_frames),
+        "window_stats": str(window_stats),
     }
 
 
@@ -84,7 +85,7 @@ class TrtEngine(Engine):
     supports_offsets = False  # the compiled program is mel -> scores; stream adaptation is not compiled in
 
     def __init__(self, model_dir: str | Path, base_dir: str | Path | None = None, precision: str = "float16",
-                 max_batch: int = 32, max_window_s: float = 8.0) -> None:
+                 max_batch: int = 32, max_window_s: float = 8.0, window_stats: bool = True) -> None:
         torch, torch_tensorrt = import_tensorrt()
         from edge_ser.model import load_emotion_model
 
@@ -92,15 +93,19 @@ class TrtEngine(Engine):
             raise ValueError(f"tensorrt precision {precision!r}; expected 'float16' or 'float32'")
         self._torch = torch
         model, self.meta = load_emotion_model(model_dir, base_dir)
+        window_stats = window_stats and model.head.stats is not None
+        if not window_stats:  # compiled without the model's window-statistics term (the agent's model.stats)
+            model.head.stats = None
         self.labels = tuple(self.meta.labels)
         self.model_id = self.meta.model_id
         self.max_batch = max_batch
         self.max_frames = int(max_window_s * 100) // 2 * 2
         self._dtype = torch.float16 if precision == "float16" else torch.float32
         wanted = engine_fingerprint(torch, torch_tensorrt, self.model_id, self.meta.weights_sha256, precision,
-                                    max_batch, self.max_frames)
+                                    max_batch, self.max_frames, window_stats)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.model_id}-{self.meta.weights_sha256[:16]}-{wanted['gpu']}-"
-                                                  f"{precision}-b{max_batch}-f{self.max_frames}")
+                                                  f"{precision}-b{max_batch}-f{self.max_frames}"
+                                                  f"{'' if window_stats else '-nostats'}")
         path = cache_root() / "trt" / f"{name}.ep"
         self.program = self._load(torch_tensorrt, path, wanted)
         if self.program is None:
