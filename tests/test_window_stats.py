@@ -151,3 +151,21 @@ def test_engines_add_the_term_only_when_asked_as_the_agent_does(model_with_stats
         assert np.abs(moved).max() > 0.05
         np.testing.assert_allclose(moved, np.broadcast_to(moved[0], moved.shape), atol=1e-4)
         assert np.abs(b.clip_probs() - c.clip_probs()).max() < 1e-3
+
+
+@pytest.mark.parametrize(("cached", "settings", "message"), [
+    (False, [], r"needs the frame cache \(cache: true\)"),
+    (True, ["trainable_layers=1"], r"fine-tuned encoder layers \(trainable_layers > 0"),
+    (True, ["normalize=speaker"], r"normalize: speaker"),
+    (True, ["mix_layers=[2,3]"], "a learned layer mix"),
+])
+def test_recipes_it_cannot_serve_are_refused_before_training(cached: bool, settings: list[str], message: str
+                                                              ) -> None:
+    """Pure logic: which recipes the classifier, read from the frame cache, cannot be fitted for."""
+    from trainer.config import load_config
+    from trainer.train import RunData
+
+    config = load_config(ROOT / "configs" / "train-cpu.yaml", ["stats.enabled=true", *settings])
+    data = RunData(manifest=None, labels=None, cache=object() if cached else None, usable=[])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        data.check_stats(config)

@@ -4,6 +4,7 @@ model folder: the training side shared by the prosody (trainer/prosody.py) and w
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,3 +66,33 @@ def attach_probe(model_dir: str | Path, head: LinearProbe, classes: Sequence[str
     setattr(meta, head.prefix, head.meta())
     meta.model_id = model_id or meta.model_id
     save_checkpoint(model_dir, meta, {**tensors, **head.tensors()})
+
+
+def attach_main(argv: list[str] | None, module: str, description: str, kind: str, method: str,
+                overrides: Sequence[str] = ()) -> int:
+    """The command ``python -m <module>`` that fits a ``kind`` classifier into a model folder on every clip the
+    recipe trains on, with ``RunData.<method>`` (``overrides`` are applied after the user's)."""
+    from trainer.config import ConfigError, load_config
+    from trainer.data import ManifestError
+    from trainer.labels import LabelError
+    from trainer.train import prepare, training_indices
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--model", required=True, help=f"model folder to add the {kind} classifier to")
+    parser.add_argument("--config", default=None, help="recipe YAML (its classifier, label, balance and cache "
+                        "settings)")
+    parser.add_argument("--manifest", required=True, help="manifest CSV of the clips to fit on")
+    parser.add_argument("--model-id", default=None, help="a new model id for the model (default: keep its own)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field (dotted path, YAML value); repeatable")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, [*args.overrides, *overrides])
+        data = prepare(config, args.manifest)
+        getattr(data, method)(config, Path(args.model), training_indices(config, data), args.model_id)
+    except (ConfigError, LabelError, ManifestError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("%s classifier written into %s", kind, args.model)
+    return 0

@@ -14,7 +14,6 @@ fusion weight is fixed by the recipe) and writes it into the model folder (a new
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -26,12 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_ser.audio import AudioError, load_audio
-from edge_ser.checkpoint import CheckpointError
 from edge_ser.features import trim_quiet_edges
 from edge_ser.prosody import FEATURE_SET, N_FUNCTIONALS, Functionals, ProsodyHead
 from edge_ser.types import SAMPLE_RATE
 from trainer.data import Manifest, crop
-from trainer.linear_probe import fit_linear_probe
+from trainer.linear_probe import attach_main, fit_linear_probe
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +122,8 @@ def fit_prosody(functionals: np.ndarray, targets: np.ndarray, weights: np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config import ConfigError, load_config
-    from trainer.data import ManifestError
-    from trainer.labels import LabelError
-    from trainer.train import prepare, training_indices
-
-    parser = argparse.ArgumentParser(prog="python -m trainer.prosody", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model folder to add the prosody classifier to")
-    parser.add_argument("--config", default=None, help="recipe YAML (its prosody, label and balance settings)")
-    parser.add_argument("--manifest", required=True, help="manifest CSV of the clips to fit on")
-    parser.add_argument("--model-id", default=None, help="a new model id for the model (default: keep its own)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field (dotted path, YAML value); repeatable")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, [*args.overrides, "cache=false"])
-        data = prepare(config, args.manifest)
-        data.add_prosody(config, Path(args.model), training_indices(config, data), args.model_id)
-    except (ConfigError, LabelError, ManifestError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("prosody classifier (fusion weight %.2f) written into %s", config.prosody.weight, args.model)
-    return 0
+    return attach_main(argv, "trainer.prosody", __doc__.split("\n\n")[0], "prosody", "add_prosody",
+                       ["cache=false"])
 
 
 if __name__ == "__main__":

@@ -128,10 +128,12 @@ class RunData:
         """Raise when the recipe's window-statistics classifier cannot be fitted (before any training)."""
         if self.cache is None:
             raise ValueError("the window-statistics classifier (stats.enabled) needs the frame cache (cache: true)")
-        if learns_layer_mix(config.mix_layers, config.layer_join) or config.normalize == "speaker":
+        if (learns_layer_mix(config.mix_layers, config.layer_join) or config.normalize == "speaker"
+                or config.trainable_layers > 0):
             raise ValueError("stats.enabled: the window-statistics classifier reads the head's input as the cache "
-                             "holds it, so it cannot serve a learned layer mix or a head trained on speaker-"
-                             "centred features (normalize: speaker)")
+                             "holds it, so it cannot serve a learned layer mix, a head trained on speaker-centred "
+                             "features (normalize: speaker) or fine-tuned encoder layers (trainable_layers > 0: "
+                             "the cache holds the states below them)")
 
     def add_stats(self, config: TrainConfig, model_dir: Path, train_idx: Sequence[int],
                   model_id: str | None = None) -> None:

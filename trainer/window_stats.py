@@ -15,19 +15,16 @@ statistics are read from the frame cache (built on first use, as training builds
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from edge_ser.checkpoint import CheckpointError
 from edge_ser.model import D_MODEL
 from edge_ser.window_stats import StatsHead, standardise, window_statistics
 from trainer.cache import CachedView
-from trainer.linear_probe import fit_linear_probe
+from trainer.linear_probe import attach_main, fit_linear_probe
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +45,7 @@ def fit_stats(statistics: np.ndarray, targets: np.ndarray, weights: np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config import ConfigError, load_config
-    from trainer.data import ManifestError
-    from trainer.labels import LabelError
-    from trainer.train import prepare, training_indices
-
-    parser = argparse.ArgumentParser(prog="python -m trainer.window_stats", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model folder to add the window-statistics classifier to")
-    parser.add_argument("--config", default=None, help="recipe YAML (its stats, label, balance and cache settings)")
-    parser.add_argument("--manifest", required=True, help="manifest CSV of the clips to fit on")
-    parser.add_argument("--model-id", default=None, help="a new model id for the model (default: keep its own)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field (dotted path, YAML value); repeatable")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, args.overrides)
-        data = prepare(config, args.manifest)
-        data.add_stats(config, Path(args.model), training_indices(config, data), args.model_id)
-    except (ConfigError, LabelError, ManifestError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("window-statistics classifier (fusion weight %.2f) written into %s", config.stats.weight, args.model)
-    return 0
+    return attach_main(argv, "trainer.window_stats", __doc__.split("\n\n")[0], "window-statistics", "add_stats")
 
 
 if __name__ == "__main__":
