@@ -72,7 +72,9 @@ class Windower:
         self.stream_id = stream_id
         self.config = config or WindowConfig()
         self.window_samples = _quantize(round(self.config.window_s * SAMPLE_RATE))
-        self.hop_samples = max(1, round(self.config.hop_s * SAMPLE_RATE))
+        # at most a window: quantizing a window that is not a whole number of 20 ms frames shortens it, and a
+        # hop longer than the window would leave audio between windows unscored
+        self.hop_samples = max(1, min(round(self.config.hop_s * SAMPLE_RATE), self.window_samples))
         self.min_samples = max(WINDOW_QUANTUM, math.ceil(self.config.min_window_s * SAMPLE_RATE - 1e-6))
         whole = self.config.whole_max_s
         self.whole_samples = None if whole is None else max(self.window_samples, _quantize(round(whole * SAMPLE_RATE)))
