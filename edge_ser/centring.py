@@ -67,13 +67,20 @@ def standardised_mean(features: np.ndarray, gamma: np.ndarray | None = None, bet
         gamma, beta = np.tile(gamma, reps), np.tile(beta, reps)
         dead = np.abs(gamma) < 1e-6
         return np.where(dead, 0.0, (x - beta) / np.where(dead, 1.0, gamma)).mean(axis=0).astype(np.float32)
+    return standardise(x, block).mean(axis=0)
+
+
+def standardise(states: np.ndarray, block: int | None = None) -> np.ndarray:
+    """Each frame of raw encoder ``states`` (frames, k x block) standardised over each ``block`` channels
+    (default: all of them): a LayerNorm without its affine, block by block, as float32."""
+    x = np.asarray(states, dtype=np.float32)
     block = block or x.shape[1]
     if x.shape[1] % block:
         raise ValueError(f"states have {x.shape[1]} channels, not a multiple of the block width {block}")
     x = x.reshape(len(x), -1, block)
     x = x - x.mean(axis=2, keepdims=True)
     x = x / np.sqrt((x * x).mean(axis=2, keepdims=True) + LAYER_NORM_EPS)
-    return x.mean(axis=0).reshape(-1)
+    return x.reshape(len(x), -1)
 
 
 class StreamCentring:

@@ -292,22 +292,21 @@ def model_from_checkpoint(
                        head_width(meta.mix_layers, meta.layer_join, D_MODEL))
     model = EmotionModel(encoder, norm, head, meta.mix_layers, meta.layer_join)
     state = model.state_dict()
-    raw = tensors
-    tensors = without_probes(tensors, ProsodyHead, StatsHead)  # prosody: scored outside, from the samples
-    unknown = sorted(set(tensors) - set(state))
+    trained = without_probes(tensors, ProsodyHead, StatsHead)  # prosody: scored outside, from the samples
+    unknown = sorted(set(trained) - set(state))
     if unknown:
         raise CheckpointError(f"checkpoint {meta.model_id}: tensors {unknown} do not belong to this model")
-    for name, value in tensors.items():
+    for name, value in trained.items():
         if tuple(state[name].shape) != value.shape:
             raise CheckpointError(
                 f"checkpoint {meta.model_id}: tensor {name} has shape {value.shape}, "
                 f"the model expects {tuple(state[name].shape)}"
             )
-    model.load_state_dict({name: torch.from_numpy(np.array(v)) for name, v in tensors.items()}, strict=False)
+    model.load_state_dict({name: torch.from_numpy(np.array(v)) for name, v in trained.items()}, strict=False)
     if meta.stats is not None:
         blocks = head.fc1.in_features // D_MODEL
-        gamma, beta = (np.tile(raw[f"norm.{n}"].astype(np.float32), blocks) for n in ("weight", "bias"))
-        head.stats = StatsTerm(StatsHead.from_tensors(meta.stats, raw).in_feature_space(gamma, beta))
+        gamma, beta = (np.tile(tensors[f"norm.{n}"].astype(np.float32), blocks) for n in ("weight", "bias"))
+        head.stats = StatsTerm(StatsHead.from_tensors(meta.stats, tensors).in_feature_space(gamma, beta))
     if meta.class_log_prior is not None:
         model.log_prior.copy_(torch.tensor(meta.class_log_prior, dtype=torch.float32))
     return model.eval()

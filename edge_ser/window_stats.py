@@ -24,8 +24,6 @@ import numpy as np
 
 from edge_ser.linear_probe import LinearProbe, tensors_problem, weight_problem
 
-LAYER_NORM_EPS = 1e-5  # Whisper's LayerNorm
-
 
 class StatsHead(LinearProbe):
     """K classifiers on the window's [mean, standard deviation] of standardised features; ``fit``: ``{"c": C}``."""
@@ -42,15 +40,6 @@ class StatsHead(LinearProbe):
         shift = np.concatenate([g * mean[:, :width] + b, np.abs(g) * mean[:, width:]], axis=1)
         stretch = np.concatenate([g * scale[:, :width], np.abs(g) * scale[:, width:]], axis=1)
         return replace(self, mean=shift.astype(np.float32), scale=stretch.astype(np.float32))
-
-
-def standardise(states: np.ndarray, width: int) -> np.ndarray:
-    """Each frame of ``states`` (frames, k * width) standardised over each block of ``width`` features (a
-    LayerNorm without its affine)."""
-    blocks = states.reshape(len(states), -1, width).astype(np.float32)
-    mean = blocks.mean(axis=-1, keepdims=True)
-    var = blocks.var(axis=-1, keepdims=True)
-    return ((blocks - mean) / np.sqrt(var + LAYER_NORM_EPS)).reshape(states.shape)
 
 
 def window_statistics(features: np.ndarray) -> np.ndarray:

@@ -548,6 +548,17 @@ def test_a_model_reading_blocks_side_by_side_trains_from_the_cache_and_runs_on_b
     _adapts_like_its_cache(workspace, "side-by-side", overrides)
 
 
+def _casia_fold_run(workspace: dict[str, Path], name: str, overrides: list[str]) -> tuple[Path, list[str]]:
+    """A tiny LOCO run of the casia fold with ``overrides``, trained: its folder and its arguments."""
+    from trainer.loco import main as loco_main
+
+    out = workspace["root"] / name
+    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
+            "--out", str(out), "--folds", "casia", *TINY, *[x for o in overrides for x in ("--set", o)]]
+    assert loco_main(args) == 0
+    return out, args
+
+
 def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(workspace: dict[str, Path]) -> None:
     """``prosody.enabled`` fits the classifier into the model; the cached LOCO path, ``edge-ser-eval``'s decoded
     path and the runtime engine give the same fused logits; a merge keeps it; ``trainer.prosody`` and
@@ -608,10 +619,7 @@ def test_a_prosody_classifier_is_fitted_fused_and_scored_alike_on_every_path(wor
     np.testing.assert_allclose(untrimmed_mean, fitted_on[np.isfinite(fitted_on).all(axis=1)].mean(axis=0), rtol=1e-4)
     assert not np.allclose(trimmed_mean, untrimmed_mean, rtol=1e-3)
     # a LOCO run trained without it gets one per fold when rescored with it
-    out = workspace["root"] / "loco-prosody"
-    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
-            "--out", str(out), "--folds", "casia", *TINY, *[x for o in overrides[:2] for x in ("--set", o)]]
-    assert loco_main(args) == 0
+    out, args = _casia_fold_run(workspace, "loco-prosody", overrides[:2])
     assert load_checkpoint(out / "fold-casia" / "model")[0].prosody is None
     assert loco_main([*args, "--rescore", "--set", "prosody.enabled=true"]) == 0
     fold_meta, _ = load_checkpoint(out / "fold-casia" / "model")
@@ -683,10 +691,7 @@ def test_a_window_statistics_classifier_is_fitted_fused_and_scored_alike_on_ever
     assert not np.allclose(predict_cached(build_model_from_checkpoint(added)[0], data.cache.views[0], rows, 3),
                            predict_cached(plain, data.cache.views[0], rows, 3), atol=1e-3)
     # a LOCO run trained without it gets one per fold when rescored with it
-    out = workspace["root"] / "loco-stats"
-    args = ["--config", str(ROOT / "configs" / "train-cpu.yaml"), "--manifest", str(workspace["manifest"]),
-            "--out", str(out), "--folds", "casia", *TINY, *[x for o in overrides[:2] for x in ("--set", o)]]
-    assert loco_main(args) == 0
+    out, args = _casia_fold_run(workspace, "loco-stats", overrides[:2])
     assert load_checkpoint(out / "fold-casia" / "model")[0].stats is None
     assert loco_main([*args, "--rescore", "--set", "stats.enabled=true"]) == 0
     fold_meta, _ = load_checkpoint(out / "fold-casia" / "model")

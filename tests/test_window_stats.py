@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from edge_ser.backends.numpy_head import NumpyHead
+from edge_ser.centring import standardise
 from edge_ser.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from edge_ser.linear_probe import ProbeError
 from edge_ser.model import StatsTerm
-from edge_ser.window_stats import StatsHead, standardise, window_statistics
+from edge_ser.window_stats import StatsHead, window_statistics
 from trainer.window_stats import fit_stats
 
 ROOT = Path(__file__).resolve().parents[1]

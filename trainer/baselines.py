@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from edge_ser.window_stats import window_statistics
 from trainer.cache import CachedView
 from trainer.config import ConfigError, load_config
 from trainer.data import ManifestError
@@ -44,8 +45,7 @@ def pooled_features(view: CachedView, indices: Sequence[int]) -> np.ndarray:
     """(N, 2 * d_model) float32: per-clip mean and standard deviation over frames."""
     out = np.zeros((len(indices), 2 * view.width), dtype=np.float32)
     for row, i in enumerate(indices):
-        states = np.asarray(view.get(i), dtype=np.float32)
-        out[row] = np.concatenate([states.mean(axis=0), states.std(axis=0)])
+        out[row] = window_statistics(view.get(i))
     return out
 
 

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from edge_ser.centring import standardise
 from edge_ser.model import D_MODEL
-from edge_ser.window_stats import StatsHead, standardise, window_statistics
+from edge_ser.window_stats import StatsHead, window_statistics
 from trainer.cache import CachedView
 from trainer.linear_probe import attach_main, fit_linear_probe
 

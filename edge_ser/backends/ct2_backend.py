@@ -99,9 +99,7 @@ class Ct2Engine(Engine):
                                                     inter_threads=inter, intra_threads=intra)
                          for part in export_folders(folder, meta)]
         self.concurrency = inter
-        self.head = NumpyHead(meta, tensors)
-        if not window_stats:  # the model's window-statistics term left out (the agent's model.stats: false)
-            self.head.stats = None
+        self.head = NumpyHead(meta, tensors, window_stats)  # False: the agent's model.stats default
         self.meta = meta
         self.labels = tuple(meta.labels)
         self.model_id = meta.model_id

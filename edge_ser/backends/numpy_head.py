@@ -35,7 +35,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class NumpyHead:
     """Applies the trained head to normalised encoder features (frames, width: d_model per block read)."""
 
-    def __init__(self, meta: ModelMeta, tensors: dict[str, np.ndarray]) -> None:
+    def __init__(self, meta: ModelMeta, tensors: dict[str, np.ndarray], window_stats: bool = True) -> None:
+        """``window_stats``: add the model's window-statistics term, if it has one."""
         self.fc1_w = np.ascontiguousarray(tensors["head.fc1.weight"].T, dtype=np.float32)
         self.fc1_b = tensors["head.fc1.bias"].astype(np.float32)
         self.fc2_w = np.ascontiguousarray(tensors["head.fc2.weight"].T, dtype=np.float32)
@@ -49,7 +50,7 @@ class NumpyHead:
         blocks = self.fc1_w.shape[0] // len(tensors["norm.weight"])
         self.gamma = np.tile(tensors["norm.weight"].astype(np.float32), blocks)
         self.beta = np.tile(tensors["norm.bias"].astype(np.float32), blocks)
-        self.stats = (None if meta.stats is None
+        self.stats = (None if meta.stats is None or not window_stats
                       else StatsHead.from_tensors(meta.stats, tensors).in_feature_space(self.gamma, self.beta))
         self.measure = meta.speaker_norm is not None  # stream adaptation: report each window's feature mean
 
